@@ -1,0 +1,16 @@
+# The two commands of the README: `make demo` and `make test`. Both set up first (idempotent).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test clean
+
+setup:
+	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/setup_env.sh
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf build *.egg-info replk_mm/*.so work_dirs .pytest_cache
