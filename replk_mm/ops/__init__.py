@@ -1,4 +1,8 @@
 """Operators of replk_mm: the depth-wise convolution entry point used by every large-kernel layer."""
-from .depthwise_conv import DepthwiseConv2d, depthwise_conv2d
+from .depthwise_conv import (DepthwiseConv2d, available_dw_impls, clear_dw_impl_cache,
+                             depthwise_conv2d, dw_impl_choices, use_dw_impl)
 
-__all__ = ['depthwise_conv2d', 'DepthwiseConv2d']
+__all__ = [
+    'depthwise_conv2d', 'DepthwiseConv2d', 'available_dw_impls', 'clear_dw_impl_cache',
+    'dw_impl_choices', 'use_dw_impl'
+]
