@@ -1,0 +1,216 @@
+// CPU implementation of the replk_mm::dwconv2d_* ops: argument checks, memory formats, threading
+// (at::parallel_for over tiles of VL channels x one image) and the choice of instruction set.
+// The kernels themselves are in dwconv_cpu_kernels.h.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "dwconv_checks.h"
+#include "dwconv_cpu_isa.h"
+
+namespace replk::cpu {
+namespace {
+
+template <typename T>
+struct AlignedFree {
+  void operator()(T* p) const { ::operator delete[](p, std::align_val_t(64)); }
+};
+template <typename T>
+using Buffer = std::unique_ptr<T[], AlignedFree<T>>;
+template <typename T>
+Buffer<T> make_buffer(int64_t n) {
+  return Buffer<T>(static_cast<T*>(::operator new[](sizeof(T) * n, std::align_val_t(64))));
+}
+
+// The instruction set: the best the CPU has, or the one named by REPLK_DWCONV_CPU_ISA
+// (avx512 / avx2 / generic; tests use it to check every variant on one machine).
+std::string cpu_isa() {
+  std::string best = "generic";
+#if defined(__x86_64__) || defined(__i386__)
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+    best = "avx512";
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    best = "avx2";
+#endif
+  const char* env = std::getenv("REPLK_DWCONV_CPU_ISA");
+  if (env == nullptr || *env == '\0') return best;
+  const std::string want(env);
+  TORCH_CHECK(want == "avx512" || want == "avx2" || want == "generic",
+              "REPLK_DWCONV_CPU_ISA must be avx512, avx2 or generic, got '", want, "'");
+  const int rank_want = want == "avx512" ? 2 : want == "avx2" ? 1 : 0;
+  const int rank_best = best == "avx512" ? 2 : best == "avx2" ? 1 : 0;
+  TORCH_CHECK(rank_want <= rank_best, "REPLK_DWCONV_CPU_ISA=", want, " but this CPU supports only ", best);
+  return want;
+}
+
+template <typename T>
+Kernels<T> select_kernels();
+template <>
+Kernels<float> select_kernels<float>() {
+#if defined(__x86_64__) || defined(__i386__)
+  const std::string isa = cpu_isa();
+  if (isa == "avx512") return kernels_avx512_f32();
+  if (isa == "avx2") return kernels_avx2_f32();
+#endif
+  return kernels_generic_f32();
+}
+template <>
+Kernels<double> select_kernels<double>() {
+  return kernels_generic_f64();
+}
+
+void check_cpu(const at::Tensor& t, const char* name, const char* op) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " is on ", t.device(),
+              "; this is the CPU kernel (the CUDA kernels are registered for CUDA tensors)");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
+              ": the CPU kernels support float32 and float64, got ", t.scalar_type(),
+              "; cast with .float()");
+}
+
+at::Tensor empty_like_format(const at::Tensor& t) {
+  return at::empty(t.sizes(), t.options().memory_format(t.suggest_memory_format()));
+}
+
+// weight (C, 1, K, K) -> packed [ceil(C/VL)][K][kpad][VL]
+template <typename T>
+at::Tensor packed_weight(const Kernels<T>& k, const at::Tensor& weight, bool flip) {
+  const at::Tensor w = weight.contiguous();
+  const int64_t C = w.size(0), K = w.size(2), blocks = (C + k.vl - 1) / k.vl;
+  at::Tensor out = at::empty({blocks * K * k.padded_taps(K) * k.vl + 16}, w.options());
+  // the kernels load aligned vectors: align the data pointer to 64 bytes
+  T* base = out.data_ptr<T>();
+  const int64_t shift = ((64 - reinterpret_cast<uintptr_t>(base) % 64) % 64) / sizeof(T);
+  k.pack_weight(w.data_ptr<T>(), C, K, flip, base + shift);
+  return out.narrow(0, shift, blocks * K * k.padded_taps(K) * k.vl);
+}
+
+template <typename T>
+void conv_impl(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+               bool flip, at::Tensor& y) {
+  const Kernels<T> k = select_kernels<T>();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = weight.size(2);
+  const int64_t blocks = (C + k.vl - 1) / k.vl, kpad = k.padded_taps(K);
+  const at::Tensor wp = packed_weight<T>(k, weight, flip);
+  at::Tensor bp;
+  if (bias.has_value()) bp = at::constant_pad_nd(bias->contiguous(), {0, blocks * k.vl - C});
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  const int64_t scratch = k.scratch_elems(H, W, K);
+  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+    Buffer<T> buf = make_buffer<T>(scratch);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / blocks, b = item % blocks, c0 = b * k.vl;
+      ConvTile<T> a{xp + n * x.stride(0) + c0 * x.stride(1), x.stride(1), x.stride(2), x.stride(3),
+                    yp + n * y.stride(0) + c0 * y.stride(1), y.stride(1), y.stride(2), y.stride(3),
+                    wp.data_ptr<T>() + b * K * kpad * k.vl,
+                    bias.has_value() ? bp.data_ptr<T>() + c0 : nullptr,
+                    static_cast<int>(std::min<int64_t>(k.vl, C - c0)), H, W, K};
+      k.conv_tile(a, buf.get());
+    }
+  });
+}
+
+at::Tensor forward_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  check_dw_forward(x, weight, bias);
+  const char* op = "replk_mm::dwconv2d_forward";
+  check_cpu(x, "x", op);
+  at::Tensor y = empty_like_format(x);
+  if (x.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_forward", [&] {
+    conv_impl<scalar_t>(x, weight, bias, false, y);
+  });
+  return y;
+}
+
+at::Tensor backward_input_cpu(const at::Tensor& grad_out, const at::Tensor& weight) {
+  check_dw_backward_input(grad_out, weight);
+  check_cpu(grad_out, "grad_out", "replk_mm::dwconv2d_backward_input");
+  at::Tensor gx = empty_like_format(grad_out);
+  if (grad_out.numel() == 0) return gx;
+  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "dwconv2d_backward_input", [&] {
+    conv_impl<scalar_t>(grad_out, weight, std::nullopt, true, gx);
+  });
+  return gx;
+}
+
+template <typename T>
+void grad_weight_impl(const at::Tensor& gy, const at::Tensor& x, int64_t K, bool with_bias,
+                      at::Tensor& gw, at::Tensor& gb) {
+  const Kernels<T> k = select_kernels<T>();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t blocks = (C + k.vl - 1) / k.vl, kpad = k.padded_taps(K);
+  // Work items: (channel block, slice of the batch). Each item owns its accumulators (no atomics);
+  // slices of one block are summed in a fixed order, so results do not depend on scheduling.
+  const int64_t threads = at::get_num_threads();
+  const int64_t slices = std::min<int64_t>(N, std::max<int64_t>(1, (2 * threads + blocks - 1) / blocks));
+  const int64_t acc_elems = (K * kpad * k.vl + k.vl + 15) / 16 * 16;
+  Buffer<T> acc = make_buffer<T>(blocks * slices * acc_elems);
+  std::memset(acc.get(), 0, sizeof(T) * blocks * slices * acc_elems);
+  const T* xp = x.data_ptr<T>();
+  const T* gp = gy.data_ptr<T>();
+  const int64_t scratch = k.scratch_elems(H, W, K);
+  at::parallel_for(0, blocks * slices, 1, [&](int64_t begin, int64_t end) {
+    Buffer<T> buf = make_buffer<T>(scratch);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / slices, s = item % slices, c0 = b * k.vl;
+      T* a_acc = acc.get() + item * acc_elems;
+      for (int64_t n = s * N / slices; n < (s + 1) * N / slices; ++n) {
+        GradWeightTile<T> a{xp + n * x.stride(0) + c0 * x.stride(1), x.stride(1), x.stride(2), x.stride(3),
+                            gp + n * gy.stride(0) + c0 * gy.stride(1), gy.stride(1), gy.stride(2), gy.stride(3),
+                            a_acc, with_bias ? a_acc + K * kpad * k.vl : nullptr,
+                            static_cast<int>(std::min<int64_t>(k.vl, C - c0)), H, W, K};
+        k.grad_weight_tile(a, buf.get());
+      }
+    }
+  });
+  T* gwp = gw.data_ptr<T>();
+  T* gbp = with_bias ? gb.data_ptr<T>() : nullptr;
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t b = c / k.vl, l = c % k.vl;
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t j = 0; j < K; ++j) {
+        T s = 0;
+        for (int64_t sl = 0; sl < slices; ++sl) s += acc[(b * slices + sl) * acc_elems + (i * kpad + j) * k.vl + l];
+        gwp[(c * K + i) * K + j] = s;
+      }
+    if (gbp) {
+      T s = 0;
+      for (int64_t sl = 0; sl < slices; ++sl) s += acc[(b * slices + sl) * acc_elems + K * kpad * k.vl + l];
+      gbp[c] = s;
+    }
+  }
+}
+
+std::tuple<at::Tensor, std::optional<at::Tensor>> backward_weight_cpu(const at::Tensor& grad_out,
+                                                                      const at::Tensor& x, int64_t kernel_size,
+                                                                      bool with_bias) {
+  check_dw_backward_weight(grad_out, x, kernel_size);
+  const char* op = "replk_mm::dwconv2d_backward_weight";
+  check_cpu(x, "x", op);
+  at::Tensor gw = at::zeros({x.size(1), 1, kernel_size, kernel_size}, x.options());
+  at::Tensor gb = with_bias ? at::zeros({x.size(1)}, x.options()) : at::Tensor();
+  if (x.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_backward_weight", [&] {
+      grad_weight_impl<scalar_t>(grad_out, x, kernel_size, with_bias, gw, gb);
+    });
+  }
+  return {gw, with_bias ? std::optional<at::Tensor>(gb) : std::nullopt};
+}
+
+}  // namespace
+}  // namespace replk::cpu
+
+TORCH_LIBRARY_IMPL(replk_mm, CPU, m) {
+  m.impl("dwconv2d_forward", &replk::cpu::forward_cpu);
+  m.impl("dwconv2d_backward_input", &replk::cpu::backward_input_cpu);
+  m.impl("dwconv2d_backward_weight", &replk::cpu::backward_weight_cpu);
+}

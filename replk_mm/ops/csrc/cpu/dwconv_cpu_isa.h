@@ -1,0 +1,52 @@
+// Interface between the torch glue (dwconv_cpu.cpp) and the per-ISA kernels (dwconv_cpu_kernels.h).
+// Plain C++ only: included by translation units compiled for AVX-512 / AVX2.
+#pragma once
+
+#include <cstdint>
+
+namespace replk::cpu {
+
+// One tile = up to VL channels (nc valid, from channel c0) of one image. Pointers point at
+// (n, c0, 0, 0); strides are in elements (channel, row, column), any memory format.
+template <typename T>
+struct ConvTile {
+  const T* x;
+  int64_t xsc, xsh, xsw;
+  T* y;
+  int64_t ysc, ysh, ysw;
+  const T* wpack;  // packed weights of this channel block: [K][kpad][VL]
+  const T* bias;   // bias + c0 (VL readable values), or nullptr
+  int nc;
+  int64_t H, W, K;
+};
+
+template <typename T>
+struct GradWeightTile {
+  const T* x;
+  int64_t xsc, xsh, xsw;
+  const T* gy;
+  int64_t gsc, gsh, gsw;
+  T* acc;       // [K][kpad][VL], accumulated into
+  T* bias_acc;  // [VL], accumulated into, or nullptr
+  int nc;
+  int64_t H, W, K;
+};
+
+template <typename T>
+struct Kernels {
+  const char* name;
+  int vl;                                                   // channels per tile
+  int64_t (*padded_taps)(int64_t K);                        // kpad
+  int64_t (*scratch_elems)(int64_t H, int64_t W, int64_t K);  // per-thread scratch (elements)
+  // w (C, 1, K, K) contiguous -> out [ceil(C/VL)][K][kpad][VL]; flip rotates the kernel by 180 degrees
+  void (*pack_weight)(const T* w, int64_t C, int64_t K, bool flip, T* out);
+  void (*conv_tile)(const ConvTile<T>& a, T* scratch);
+  void (*grad_weight_tile)(const GradWeightTile<T>& a, T* scratch);
+};
+
+Kernels<float> kernels_avx512_f32();
+Kernels<float> kernels_avx2_f32();
+Kernels<float> kernels_generic_f32();
+Kernels<double> kernels_generic_f64();
+
+}  // namespace replk::cpu

@@ -1,0 +1,281 @@
+// The CPU algorithm of the depth-wise convolution, written once over a vector-ops class `O`
+// (O::T element type, O::V vector of O::VL channels, O::WB outputs per register block,
+// O::TJ taps per register chunk). Included by one translation unit per instruction set
+// (dwconv_cpu_avx512.cpp, dwconv_cpu_avx2.cpp, dwconv_cpu_generic.cpp), each compiled for its ISA;
+// so no torch header and no external inline function may be used here (everything has internal
+// linkage), or an AVX-512 copy of it could be linked into a CPU without AVX-512.
+//
+// Layout: a tile is VL channels of one image, packed into a scratch buffer [H][WS][VL] whose
+// columns are zero-padded by K/2 on the left and up to WS on the right. Rows are not padded: the
+// tap rows that would read padding are skipped by the loop bounds, and chunks of taps that fall
+// entirely into the column padding are skipped too, so the work is (nearly) the useful work only.
+// Inner loop (forward): WB accumulators (outputs w0..w0+WB-1, VL channels each) stay in registers
+// while TJ weight vectors (taps j0..j0+TJ-1 of row i) are held in registers and the WB+TJ-1 inputs
+// they need are streamed: WB*TJ FMAs per WB+2*TJ-1 loads. Weight gradient: the same with the TJ tap
+// accumulators in registers and WB output-gradient vectors held.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <new>
+
+#include "dwconv_cpu_isa.h"
+#include "dwconv_geometry.h"
+
+namespace {
+
+template <typename I>
+inline I imin(I a, I b) { return a < b ? a : b; }
+template <typename I>
+inline I imax(I a, I b) { return a > b ? a : b; }
+
+// Geometry of one packed tile.
+struct TileGeom {
+  int64_t H, W, K, pad;
+  int64_t Wo;  // output columns computed: W rounded up to WB
+  int64_t WS;  // scratch input columns: Wo + Kpad - 1
+  int tj, kpad, nchunks;
+};
+
+template <class O>
+inline TileGeom tile_geom(int64_t H, int64_t W, int64_t K) {
+  TileGeom g;
+  g.H = H;
+  g.W = W;
+  g.K = K;
+  g.pad = replk::dw_pad(K);
+  g.tj = replk::dw_chunk_taps(static_cast<int>(K), O::TJMAX);
+  g.kpad = replk::dw_padded_taps(static_cast<int>(K), O::TJMAX);
+  g.nchunks = g.kpad / g.tj;
+  g.Wo = (W + O::WB - 1) / O::WB * O::WB;
+  g.WS = g.Wo + g.kpad - 1;
+  return g;
+}
+
+// Whether chunk j0 of a block of outputs w0..w0+WB-1 touches any non-padding column.
+template <int WB, int TJ>
+inline bool chunk_useful(int64_t w0, int64_t j0, const TileGeom& g) {
+  const int64_t first = w0 + j0 - g.pad;
+  return first + WB + TJ - 2 >= 0 && first <= g.W - 1;
+}
+
+// Packs VL (nc valid) channels of one image, given with arbitrary strides, into dst[H][cols][VL]
+// at column offset col0; columns outside the image and lanes >= nc are zero.
+template <class O>
+void pack_tile(const typename O::T* src, int64_t sc, int64_t sh, int64_t sw, int nc, int64_t H, int64_t W,
+               typename O::T* dst, int64_t cols, int64_t col0) {
+  using T = typename O::T;
+  constexpr int VL = O::VL;
+  if (nc < VL) std::memset(dst, 0, sizeof(T) * H * cols * VL);
+  for (int64_t h = 0; h < H; ++h) {
+    T* row = dst + h * cols * VL;
+    if (nc == VL) {
+      std::memset(row, 0, sizeof(T) * col0 * VL);
+      std::memset(row + (col0 + W) * VL, 0, sizeof(T) * (cols - col0 - W) * VL);
+    }
+    T* out = row + col0 * VL;
+    const T* in = src + h * sh;
+    if (sc == 1 && nc == VL) {  // channels_last: one vector per pixel
+      for (int64_t w = 0; w < W; ++w) O::store(out + w * VL, O::loadu(in + w * sw));
+    } else if (sw == 1 && nc == VL) {  // NCHW: transpose VL rows of W
+      O::transpose_in(in, sc, W, out);
+    } else {
+      for (int c = 0; c < nc; ++c)
+        for (int64_t w = 0; w < W; ++w) out[w * VL + c] = in[c * sc + w * sw];
+    }
+  }
+}
+
+// Writes the first W columns and nc lanes of src[H][cols][VL] to dst with arbitrary strides.
+template <class O>
+void unpack_tile(const typename O::T* src, int64_t cols, int nc, int64_t H, int64_t W, typename O::T* dst,
+                 int64_t sc, int64_t sh, int64_t sw) {
+  using T = typename O::T;
+  constexpr int VL = O::VL;
+  for (int64_t h = 0; h < H; ++h) {
+    const T* in = src + h * cols * VL;
+    T* out = dst + h * sh;
+    if (sc == 1 && nc == VL) {
+      for (int64_t w = 0; w < W; ++w) O::storeu(out + w * sw, O::load(in + w * VL));
+    } else if (sw == 1 && nc == VL) {
+      O::transpose_out(in, W, out, sc);
+    } else {
+      for (int c = 0; c < nc; ++c)
+        for (int64_t w = 0; w < W; ++w) out[c * sc + w * sw] = in[w * VL + c];
+    }
+  }
+}
+
+// yr[Wo][VL] += taps of one kernel row (wr[kpad][VL]) applied to one scratch input row xr[WS][VL].
+template <class O, int TJ>
+void conv_row(const typename O::T* xr, const typename O::T* wr, typename O::T* yr, const TileGeom& g) {
+  using V = typename O::V;
+  constexpr int VL = O::VL, WB = O::WB;
+  for (int64_t w0 = 0; w0 < g.Wo; w0 += WB) {
+    V acc[WB];
+#pragma GCC unroll 16
+    for (int q = 0; q < WB; ++q) acc[q] = O::load(yr + (w0 + q) * VL);
+    for (int j0 = 0; j0 < g.kpad; j0 += TJ) {
+      if (!chunk_useful<WB, TJ>(w0, j0, g)) continue;
+      V wv[TJ];
+#pragma GCC unroll 16
+      for (int t = 0; t < TJ; ++t) wv[t] = O::load(wr + (j0 + t) * VL);
+      const auto* xb = xr + (w0 + j0) * VL;
+#pragma GCC unroll 32
+      for (int d = 0; d < WB + TJ - 1; ++d) {
+        const V xv = O::load(xb + d * VL);
+#pragma GCC unroll 16
+        for (int t = 0; t < TJ; ++t) {
+          const int q = d - t;
+          if (q >= 0 && q < WB) acc[q] = O::fma(wv[t], xv, acc[q]);
+        }
+      }
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < WB; ++q) O::store(yr + (w0 + q) * VL, acc[q]);
+  }
+}
+
+// accr[kpad][VL] += correlation of one output-gradient row gr[Wo][VL] with one input row xr[WS][VL].
+template <class O, int TJ>
+void grad_weight_row(const typename O::T* xr, const typename O::T* gr, typename O::T* accr,
+                     const TileGeom& g) {
+  using V = typename O::V;
+  constexpr int VL = O::VL, WB = O::WB;
+  for (int j0 = 0; j0 < g.kpad; j0 += TJ) {
+    V acc[TJ];
+#pragma GCC unroll 16
+    for (int t = 0; t < TJ; ++t) acc[t] = O::load(accr + (j0 + t) * VL);
+    for (int64_t w0 = 0; w0 < g.Wo; w0 += WB) {
+      if (!chunk_useful<WB, TJ>(w0, j0, g)) continue;
+      V gv[WB];
+#pragma GCC unroll 16
+      for (int q = 0; q < WB; ++q) gv[q] = O::load(gr + (w0 + q) * VL);
+      const auto* xb = xr + (w0 + j0) * VL;
+#pragma GCC unroll 32
+      for (int d = 0; d < WB + TJ - 1; ++d) {
+        const V xv = O::load(xb + d * VL);
+#pragma GCC unroll 16
+        for (int t = 0; t < TJ; ++t) {
+          const int q = d - t;
+          if (q >= 0 && q < WB) acc[t] = O::fma(gv[q], xv, acc[t]);
+        }
+      }
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < TJ; ++t) O::store(accr + (j0 + t) * VL, acc[t]);
+  }
+}
+
+template <class O, int TJ>
+void conv_tile_impl(const replk::cpu::ConvTile<typename O::T>& a, const TileGeom& g,
+                    typename O::T* xs, typename O::T* ys) {
+  using T = typename O::T;
+  constexpr int VL = O::VL;
+  pack_tile<O>(a.x, a.xsc, a.xsh, a.xsw, a.nc, g.H, g.W, xs, g.WS, g.pad);
+  for (int64_t h = 0; h < g.H; ++h) {
+    T* yr = ys + h * g.Wo * VL;
+    const typename O::V init = a.bias ? O::loadu(a.bias) : O::zero();
+    for (int64_t w = 0; w < g.Wo; ++w) O::store(yr + w * VL, init);
+    const int64_t i1 = replk::dw_tap_end(h, g.H, g.K);
+    for (int64_t i = replk::dw_tap_begin(h, g.K); i < i1; ++i)
+      conv_row<O, TJ>(xs + (h + i - g.pad) * g.WS * VL, a.wpack + i * g.kpad * VL, yr, g);
+  }
+  unpack_tile<O>(ys, g.Wo, a.nc, g.H, g.W, a.y, a.ysc, a.ysh, a.ysw);
+}
+
+template <class O, int TJ>
+void grad_weight_tile_impl(const replk::cpu::GradWeightTile<typename O::T>& a, const TileGeom& g,
+                           typename O::T* xs, typename O::T* gs) {
+  using T = typename O::T;
+  using V = typename O::V;
+  constexpr int VL = O::VL;
+  pack_tile<O>(a.x, a.xsc, a.xsh, a.xsw, a.nc, g.H, g.W, xs, g.WS, g.pad);
+  pack_tile<O>(a.gy, a.gsc, a.gsh, a.gsw, a.nc, g.H, g.W, gs, g.Wo, 0);
+  for (int64_t h = 0; h < g.H; ++h) {
+    const T* gr = gs + h * g.Wo * VL;
+    const int64_t i1 = replk::dw_tap_end(h, g.H, g.K);
+    for (int64_t i = replk::dw_tap_begin(h, g.K); i < i1; ++i)
+      grad_weight_row<O, TJ>(xs + (h + i - g.pad) * g.WS * VL, gr, a.acc + i * g.kpad * VL, g);
+    if (a.bias_acc) {
+      V s = O::load(a.bias_acc);
+      for (int64_t w = 0; w < g.W; ++w) s = O::add(s, O::load(gr + w * VL));
+      O::store(a.bias_acc, s);
+    }
+  }
+}
+
+// Runtime tap-chunk width -> compile-time instantiation.
+template <class O, template <class, int> class F, typename... A>
+void with_tj(int tj, A&&... args) {
+  static_assert(O::TJMAX == 8, "with_tj instantiates chunk widths 1..8");
+  switch (tj) {
+    case 1: F<O, 1>::run(args...); break;
+    case 2: F<O, 2>::run(args...); break;
+    case 3: F<O, 3>::run(args...); break;
+    case 4: F<O, 4>::run(args...); break;
+    case 5: F<O, 5>::run(args...); break;
+    case 6: F<O, 6>::run(args...); break;
+    case 7: F<O, 7>::run(args...); break;
+    default: F<O, 8>::run(args...); break;
+  }
+}
+
+template <class O, int TJ>
+struct ConvTileF {
+  template <typename... A>
+  static void run(A&&... args) { conv_tile_impl<O, TJ>(args...); }
+};
+template <class O, int TJ>
+struct GradWeightTileF {
+  template <typename... A>
+  static void run(A&&... args) { grad_weight_tile_impl<O, TJ>(args...); }
+};
+
+// ---- entry points (see dwconv_cpu_isa.h) ----
+
+template <class O>
+int64_t padded_taps(int64_t K) { return replk::dw_padded_taps(static_cast<int>(K), O::TJMAX); }
+
+template <class O>
+int64_t scratch_elems(int64_t H, int64_t W, int64_t K) {
+  const TileGeom g = tile_geom<O>(H, W, K);
+  // input tile + output (or output-gradient) tile, each rounded to a cache line
+  return (H * g.WS * O::VL + 16) / 16 * 16 + (H * g.Wo * O::VL + 16) / 16 * 16;
+}
+
+template <class O>
+void pack_weight(const typename O::T* w, int64_t C, int64_t K, bool flip, typename O::T* out) {
+  constexpr int VL = O::VL;
+  const int64_t kpad = padded_taps<O>(K);
+  const int64_t blocks = (C + VL - 1) / VL;
+  std::memset(out, 0, sizeof(typename O::T) * blocks * K * kpad * VL);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t j = 0; j < K; ++j) {
+        const int64_t si = flip ? K - 1 - i : i, sj = flip ? K - 1 - j : j;
+        out[(((c / VL) * K + i) * kpad + j) * VL + c % VL] = w[(c * K + si) * K + sj];
+      }
+}
+
+template <class O>
+void conv_tile(const replk::cpu::ConvTile<typename O::T>& a, typename O::T* scratch) {
+  const TileGeom g = tile_geom<O>(a.H, a.W, a.K);
+  typename O::T* ys = scratch + (a.H * g.WS * O::VL + 16) / 16 * 16;
+  with_tj<O, ConvTileF>(g.tj, a, g, scratch, ys);
+}
+
+template <class O>
+void grad_weight_tile(const replk::cpu::GradWeightTile<typename O::T>& a, typename O::T* scratch) {
+  const TileGeom g = tile_geom<O>(a.H, a.W, a.K);
+  typename O::T* gs = scratch + (a.H * g.WS * O::VL + 16) / 16 * 16;
+  with_tj<O, GradWeightTileF>(g.tj, a, g, scratch, gs);
+}
+
+template <class O>
+replk::cpu::Kernels<typename O::T> make_kernels(const char* name) {
+  return {name, O::VL, &padded_taps<O>, &scratch_elems<O>, &pack_weight<O>, &conv_tile<O>,
+          &grad_weight_tile<O>};
+}
+
+}  // namespace
