@@ -49,6 +49,32 @@ _ARCH_KEYS = ('large_kernel_sizes', 'layers', 'channels', 'small_kernel', 'dw_ra
 REPLKNET_KEY_MAPPING = KeyMapping(renames=(('norm.', 'stages.3.norm.'), ), drops=('head.', ))
 
 
+def arch_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> dict:
+    """The arch dict of a RepLKNet backbone state dict (authors' key names), from its shapes."""
+    stage_ids = sorted({int(k.split('.')[1]) for k in state_dict if k.startswith('stages.')})
+    if not stage_ids or 'stem.0.conv.weight' not in state_dict:
+        raise KeyError('not a RepLKNet state dict: no stem.0.conv.weight / stages.* keys')
+    arch: dict = dict(large_kernel_sizes=[], layers=[], channels=[], small_kernel=None)
+    for i in stage_ids:
+        prefix = f'stages.{i}.blocks.'
+        blocks = {int(k[len(prefix):].split('.')[0]) for k in state_dict if k.startswith(prefix)}
+        lk = f'{prefix}0.large_kernel.'
+        kernel = state_dict.get(lk + 'lkb_origin.conv.weight', state_dict.get(lk + 'lkb_reparam.weight'))
+        if kernel is None:
+            raise KeyError(f'no large kernel for stage {i} ({lk}lkb_origin.conv.weight or '
+                           f'{lk}lkb_reparam.weight)')
+        small = state_dict.get(lk + 'small_conv.conv.weight')
+        if small is not None:
+            arch['small_kernel'] = small.shape[-1]
+        channels = state_dict[f'{prefix}0.pw2.conv.weight'].shape[0]
+        arch['large_kernel_sizes'].append(kernel.shape[-1])
+        arch['layers'].append(len(blocks) // 2)
+        arch['channels'].append(channels)
+        arch['dw_ratio'] = kernel.shape[0] / channels
+        arch['ffn_ratio'] = state_dict[f'{prefix}1.pw1.conv.weight'].shape[0] / channels
+    return arch
+
+
 class RepLKBlock(nn.Module):
     """``x + DropPath(BN(PW2(act(LK(act(BN(PW1(BN(x)))))))))``, (N, C, H, W) -> (N, C, H, W).
 
