@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    logger = MMLogger.get_instance('replk_mm_deploy', log_level='INFO')
+    logger = MMLogger.get_current_instance()
     try:
         result = convert_checkpoint(
             args.config, args.checkpoint, args.out_dir, force=args.force,

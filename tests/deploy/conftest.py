@@ -32,6 +32,12 @@ model = dict(type='replk_mm.RepLKNet', arch={TINY_ARCH}, drop_path_rate=0.0)
 """
 
 
+@pytest.fixture(autouse=True)
+def plain_torch_dw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No per-kernel timing of the depth-wise implementations: not what these tests are about."""
+    monkeypatch.setenv('REPLK_MM_DW_IMPL', 'torch')
+
+
 def randomize_norms(model: nn.Module, seed: int = 1) -> None:
     """Give every BN non-trivial running statistics and affine parameters (as training would)."""
     gen = torch.Generator().manual_seed(seed)

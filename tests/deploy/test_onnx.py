@@ -1,0 +1,69 @@
+"""ONNX export in deploy form, checked by onnxruntime (tools/export_onnx.py, replk_mm.deploy)."""
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from mmengine.config import Config
+
+from replk_mm.checkpoint import load_checkpoint_file
+from replk_mm.deploy import build_model
+from replk_mm.deploy.equivalence import example_input, relative_error
+from replk_mm.deploy.onnx_export import OnnxCheckError, export_onnx
+
+from .conftest import run_tool
+
+
+def _trained(cfg_path: Path) -> torch.nn.Module:
+    model = build_model(Config.fromfile(str(cfg_path))).eval()
+    model.load_state_dict(load_checkpoint_file(cfg_path.with_suffix('.pth'))['state_dict'])
+    return model
+
+
+def _large_dw_convs(path: Path) -> list:
+    """(group, kernel) of every Conv with a kernel larger than 5: the fused large kernels."""
+    convs = []
+    for node in onnx.load(str(path)).graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == 'Conv' and attrs['kernel_shape'][0] > 5:
+            convs.append((attrs['group'], attrs['kernel_shape'][0]))
+    return convs
+
+
+def test_classifier_export_tool(classifier_case: Path, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / 'cls.onnx'
+    args = [classifier_case, classifier_case.with_suffix('.pth'), out, '--shape', 64, 64,
+            '--opset', 17]
+    assert run_tool('export_onnx.py', args, monkeypatch) == 0
+    proto = onnx.load(str(out))
+    assert proto.opset_import[0].version == 17
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    # One standard grouped Conv per fused large kernel, no second (small-kernel) branch.
+    assert sorted(_large_dw_convs(out)) == [(8, 13), (16, 9), (16, 11), (32, 7)]
+
+    # Independently of the tool's own check: onnxruntime vs the training-form PyTorch model.
+    x = example_input((5, 3, 64, 64), seed=3)
+    logits, = ort.InferenceSession(str(out)).run(None, {'input': x.numpy()})
+    with torch.no_grad():
+        reference = _trained(classifier_case)(x, mode='tensor')
+    assert logits.shape == (5, 5)
+    assert relative_error([reference], [torch.from_numpy(np.asarray(logits))]) <= 1e-4
+    assert run_tool('export_onnx.py', args, monkeypatch) == 1  # exists, no --force
+
+
+def test_backbone_export_and_failed_check(backbone_case: Path, tmp_path: Path) -> None:
+    out = tmp_path / 'backbone.onnx'
+    with pytest.raises(OnnxCheckError, match='nothing was written'):
+        export_onnx(_trained(backbone_case), str(out), (1, 3, 64, 64), opset=17, tolerance=-1.0)
+    assert list(tmp_path.glob('*.onnx')) == [] and not list(tmp_path.glob('.backbone*'))
+    with pytest.raises(ValueError, match='opset 16'):
+        export_onnx(_trained(backbone_case), str(out), (1, 3, 64, 64), opset=16)
+
+    result = export_onnx(_trained(backbone_case), str(out), (1, 3, 64, 64))  # torch.export
+    assert result.opset == 18 and result.output_names == ['feat0', 'feat1', 'feat2', 'feat3']
+    assert 0 <= result.error <= 1e-4
+    outputs = ort.InferenceSession(str(out)).run(None, {'input': example_input((4, 3, 64, 64)).numpy()})
+    assert [o.shape for o in outputs] == [(4, 8, 16, 16), (4, 16, 8, 8), (4, 16, 4, 4), (4, 32, 2, 2)]
