@@ -1,4 +1,5 @@
 """Backbones registered in ``replk_mm.registry.MODELS``."""
 from .replknet import RepLKNet
+from .unireplknet import UniRepLKNet
 
-__all__ = ['RepLKNet']
+__all__ = ['RepLKNet', 'UniRepLKNet']

@@ -1,0 +1,363 @@
+"""UniRepLKNet backbone: authors' parameter counts and keys, exact deploy form, every option."""
+import os.path as osp
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.logging import MMLogger
+from mmengine.model import revert_sync_batchnorm
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from replk_mm.models import UniRepLKNet
+from replk_mm.models.backbones.unireplknet import ARCH_SETTINGS, resolve_arch
+from replk_mm.models.layers import GRN, LayerNorm2d, SEBlock, reparameterize_model
+from replk_mm.registry import MODELS
+
+# SPEC.md section 2: the authors' code with a 1000-class head, (training form, deploy form).
+AUTHORS_PARAMS = {
+    'A': (4_649_060, 4_437_300), 'F': (6_489_328, 6_235_216), 'P': (11_080_520, 10_741_704),
+    'N': (18_818_880, 18_318_560), 'T': (31_693_420, 31_037_980), 'S': (56_456_704, 55_645_984),
+    'B': (99_089_416, 98_008_456), 'L': (220_076_056, 218_454_616),
+    'XL': (388_690_984, 386_529_064),
+}
+TOL = {torch.float64: 1e-6, torch.float32: 1e-4}
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics and affine terms, random GRN gamma/beta and layer scales; eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5, generator=g)
+                m.running_var.uniform_(0.5, 2, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.5, 0.5, generator=g)
+            elif isinstance(m, GRN):
+                m.gamma.normal_(0, 1, generator=g)
+                if m.beta is not None:
+                    m.beta.normal_(0, 1, generator=g)
+        for name, p in model.named_parameters():
+            if name.endswith('.gamma') and p.dim() == 1:  # layer scale
+                p.uniform_(0.2, 1, generator=g)
+    return model.eval()
+
+
+def reduced(arch: str, divisor: int = 16) -> dict:
+    """A preset's depths and kernel sizes at a fraction of its widths."""
+    depths, dims, kernels = resolve_arch(arch)
+    return dict(depths=depths, dims=tuple(max(4, d // divisor) for d in dims), kernel_sizes=kernels)
+
+
+def rel_err(a, b) -> float:
+    return max(((x - y).abs().max() / x.abs().max()).item() for x, y in zip(a, b))
+
+
+def num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize('arch', list(AUTHORS_PARAMS))
+def test_parameter_counts_equal_the_authors(arch):
+    counts = []
+    for deploy in (False, True):
+        with torch.device('meta'):
+            model = UniRepLKNet(arch, out_indices=(3, ), gap_before_final_norm=True, deploy=deploy)
+        counts.append(num_params(model) + model.dims[-1] * 1000 + 1000)  # + the linear head
+    assert tuple(counts) == AUTHORS_PARAMS[arch]
+
+
+def test_state_dict_keys_are_the_authors():
+    keys = set(UniRepLKNet('T').state_dict())
+    expected = {
+        'downsample_layers.0.0.weight', 'downsample_layers.0.0.bias', 'downsample_layers.0.1.weight',
+        'downsample_layers.0.3.weight', 'downsample_layers.0.4.bias', 'downsample_layers.3.0.weight',
+        'downsample_layers.3.1.weight', 'stages.0.0.dwconv.weight', 'stages.0.0.norm.running_var',
+        'stages.1.0.dwconv.lk_origin.weight', 'stages.1.0.dwconv.origin_bn.running_mean',
+        'stages.1.0.dwconv.dil_conv_k5_1.weight', 'stages.1.0.dwconv.dil_conv_k7_2.weight',
+        'stages.1.0.dwconv.dil_bn_k3_3.weight', 'stages.2.1.dwconv.weight', 'stages.0.0.se.down.bias',
+        'stages.0.0.se.up.weight', 'stages.0.0.pwconv1.1.weight', 'stages.0.0.act.1.gamma',
+        'stages.0.0.act.1.beta', 'stages.0.0.pwconv2.0.weight', 'stages.0.0.pwconv2.2.running_var',
+        'stages.0.0.gamma', 'norm0.weight', 'norm3.bias'
+    }
+    assert expected <= keys
+    assert 'stages.0.0.pwconv2.0.bias' not in keys
+    deploy_keys = set(UniRepLKNet('T', deploy=True).state_dict())
+    assert {'stages.1.0.dwconv.lk_origin.bias', 'stages.0.0.dwconv.bias',
+            'stages.0.0.pwconv2.0.bias', 'stages.0.0.act.1.gamma'} <= deploy_keys
+    assert not any(k.endswith(('.gamma', 'act.1.beta')) and 'act.1' not in k or 'bn' in k
+                   or 'pwconv2.2' in k or k.endswith('act.1.beta') for k in deploy_keys)
+
+
+def test_reparameterized_equals_deploy_build():
+    arch = reduced('S')
+    model = reparameterize_model(UniRepLKNet(arch).eval())
+    built = UniRepLKNet(arch, deploy=True).state_dict()
+    fused = model.state_dict()
+    assert {k: v.shape for k, v in fused.items()} == {k: v.shape for k, v in built.items()}
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('arch', list(ARCH_SETTINGS))
+def test_reparameterization_equivalence(arch, dtype):
+    model = randomize(UniRepLKNet(reduced(arch), drop_path_rate=0.2)).to(dtype)
+    x = torch.randn(1, 3, 40, 40, dtype=dtype)
+    with torch.no_grad():
+        before = model(x)
+        after = reparameterize_model(model)(x)
+    assert all(m.deployed for m in model.modules() if hasattr(m, 'deployed'))
+    assert rel_err(before, after) <= TOL[dtype]
+
+
+def test_full_width_equivalence_float32():
+    model = randomize(UniRepLKNet('A'))
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        before = model(x)
+        after = reparameterize_model(model)(x)
+    assert rel_err(before, after) <= 1e-4
+
+
+def test_input_smaller_than_kernel_stays_finite():
+    # Person re-id crops: 384x128 gives a 12x4 last stage, smaller than the 13x13 kernels.
+    model = randomize(UniRepLKNet(reduced('T')))
+    x = torch.randn(2, 3, 384, 128)
+    with torch.no_grad():
+        outs = model(x)
+        fused = reparameterize_model(model)(x)
+    assert [o.shape[-2:] for o in outs] == [(96, 32), (48, 16), (24, 8), (12, 4)]
+    assert all(torch.isfinite(o).all() for o in outs + fused)
+    assert rel_err(outs, fused) <= 1e-4
+    tiny = UniRepLKNet(reduced('A')).eval()(torch.randn(1, 3, 32, 32))
+    assert tiny[-1].shape[-2:] == (1, 1) and torch.isfinite(tiny[-1]).all()
+
+
+def test_out_indices_and_norms():
+    model = UniRepLKNet(reduced('A'), out_indices=(1, -1))
+    assert model.out_indices == (1, 3)
+    assert hasattr(model, 'norm1') and hasattr(model, 'norm3') and not hasattr(model, 'norm0')
+    outs = model(torch.randn(2, 3, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(2, model.dims[1], 8, 8), (2, model.dims[3], 2, 2)]
+    with pytest.raises(ValueError, match='out_indices'):
+        UniRepLKNet('A', out_indices=(4, ))
+
+
+def test_gap_before_final_norm():
+    model = UniRepLKNet(reduced('A'), out_indices=(3, ), gap_before_final_norm=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    (pooled, ) = model(x)
+    assert pooled.shape == (2, model.dims[3])
+    model.gap_before_final_norm = False
+    (features, ) = model(x)  # norm3 per pixel
+    model_x = x
+    for i in range(4):
+        model_x = model.stages[i](model.downsample_layers[i](model_x))
+    expected = nn.functional.layer_norm(model_x.mean((2, 3)), (model.dims[3], ),
+                                        model.norm3.weight, model.norm3.bias, 1e-6)
+    assert torch.allclose(pooled, expected, atol=1e-5)
+    assert features.shape[-2:] == (2, 2)
+
+
+def test_drop_path_rates_rise_linearly():
+    model = UniRepLKNet(reduced('A'), drop_path_rate=0.3)
+    blocks = [b for stage in model.stages for b in stage]
+    rates = [getattr(b.drop_path, 'drop_prob', 0.) for b in blocks]
+    assert rates[0] == 0 and abs(rates[-1] - 0.3) < 1e-6
+    assert all(b > a for a, b in zip(rates, rates[1:]))
+    with pytest.raises(ValueError, match='drop_path_rate'):
+        UniRepLKNet('A', drop_path_rate=1.5)
+
+
+@pytest.mark.parametrize('value', [0.5, 0.])
+def test_layer_scale(value):
+    model = UniRepLKNet(reduced('A'), layer_scale_init_value=value)
+    block = model.stages[2][0]
+    if value:
+        assert torch.equal(block.gamma.detach(), torch.full((model.dims[2], ), value))
+    else:
+        assert block.gamma is None and not any(k.endswith('.gamma') and 'act' not in k
+                                               for k in model.state_dict())
+    model = randomize(model).double()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+        assert rel_err(before, reparameterize_model(model)(x)) <= 1e-6
+
+
+def test_sync_bn_norm_cfg_reverts_on_one_device():
+    model = UniRepLKNet(reduced('A'), norm_cfg=dict(type='SyncBN'))
+    block = model.stages[1][0]
+    assert isinstance(block.norm, nn.SyncBatchNorm)
+    assert isinstance(block.dwconv.origin_bn, nn.SyncBatchNorm)
+    assert isinstance(block.pwconv2[2], nn.SyncBatchNorm)
+    model = revert_sync_batchnorm(model)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    model.train()(torch.randn(2, 3, 64, 64))  # trains as BN without a process group
+
+
+def test_frozen_stages():
+    model = UniRepLKNet(reduced('A'), frozen_stages=2)
+    model.train()
+    frozen = [model.downsample_layers[0], model.downsample_layers[1], model.stages[0],
+              model.stages[1], model.norm0, model.norm1]
+    for module in frozen:
+        assert not module.training
+        assert all(not p.requires_grad for p in module.parameters())
+    for module in (model.downsample_layers[2], model.stages[2], model.norm2):
+        assert module.training
+        assert all(p.requires_grad for p in module.parameters())
+    with pytest.raises(ValueError, match='frozen_stages'):
+        UniRepLKNet('A', frozen_stages=5)
+
+
+def test_norm_eval_and_train_returns_self():
+    model = UniRepLKNet(reduced('A'), norm_eval=True)
+    assert model.train() is model and model.eval() is model
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert bns and all(not m.training for m in bns)
+    assert model.stages[0][0].pwconv1[1].training
+
+
+def test_with_cp_gives_the_same_gradients():
+    torch.manual_seed(0)
+    arch = dict(depths=(1, 1, 2, 1), dims=(8, 8, 16, 16))
+    arch['kernel_sizes'] = ((3, ), (7, ), (13, 3), (5, ))
+    plain = UniRepLKNet(arch)
+    ckpt = UniRepLKNet(arch, with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for model in (plain, ckpt):
+        model.train()
+        out = model(x)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4), name
+
+
+def test_custom_arch_and_errors():
+    arch = dict(depths=(1, 1, 2, 1), dims=(8, 8, 16, 16), kernel_sizes=((5, ), (7, ), (9, 3), (11, )))
+    model = UniRepLKNet(arch)
+    assert model.stages[0][0].dwconv.kernel_size == 5
+    assert model.stages[2][0].dwconv.kernel_sizes == (5, 5, 3, 3)
+    with pytest.raises(ValueError, match='unknown UniRepLKNet arch'):
+        UniRepLKNet('Z')
+    with pytest.raises(ValueError, match='no default kernel sizes'):
+        UniRepLKNet(dict(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8)))
+    with pytest.raises(ValueError, match='one kernel size per block'):
+        UniRepLKNet(dict(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), kernel_sizes=((3, ), ) * 3 + ((3, 3), )))
+    with pytest.raises(ValueError, match='odd kernel size'):
+        UniRepLKNet(dict(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), kernel_sizes=((4, ), ) * 4))
+    with pytest.raises(ValueError, match='no default dilated branches'):
+        UniRepLKNet(dict(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), kernel_sizes=((19, ), ) * 4))
+    assert UniRepLKNet('atto', out_indices=(3, )).dims == (40, 80, 160, 320)
+
+
+def test_registered_and_built_from_mmpretrain_scope():
+    from mmpretrain.registry import MODELS as PRETRAIN_MODELS
+    model = PRETRAIN_MODELS.build(dict(type='replk_mm.UniRepLKNet', arch=reduced('A')))
+    assert isinstance(model, UniRepLKNet)
+    assert MODELS.get('UniRepLKNet') is UniRepLKNet
+
+
+def test_shared_layers():
+    ln = LayerNorm2d(6)
+    nn.init.normal_(ln.weight)
+    nn.init.normal_(ln.bias)
+    x = torch.randn(2, 6, 5, 4)
+    u, s = x.mean(1, keepdim=True), (x - x.mean(1, keepdim=True)).pow(2).mean(1, keepdim=True)
+    manual = ln.weight[:, None, None] * (x - u) / torch.sqrt(s + 1e-6) + ln.bias[:, None, None]
+    assert torch.allclose(ln(x), manual, atol=1e-5)
+    grn = GRN(6)
+    h = torch.randn(2, 5, 4, 6)
+    assert torch.equal(grn(h), h)  # zero-initialised: identity
+    nn.init.normal_(grn.beta)
+    beta = grn.beta.detach().clone()
+    assert torch.equal(grn.pop_bias(), beta.flatten()) and grn.beta is None
+    with pytest.raises(RuntimeError, match='no bias'):
+        grn.pop_bias()
+    se = SEBlock(8, 2)
+    y = se(torch.ones(1, 8, 3, 3))
+    assert y.shape == (1, 8, 3, 3) and ((y > 0) & (y < 1)).all()
+    with pytest.raises(ValueError, match='hidden >= 1'):
+        SEBlock(3, 0)
+
+
+# ---------------------------------------------------------------- checkpoints
+def _authors_classifier(model: UniRepLKNet) -> dict:
+    """An authors'-format ImageNet state dict for ``model`` (out_indices=(3,), gap)."""
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith('norm')}
+    state['norm.weight'] = torch.randn(model.dims[3])
+    state['norm.bias'] = torch.randn(model.dims[3])
+    state['head.weight'] = torch.randn(10, model.dims[3])
+    state['head.bias'] = torch.randn(10)
+    return state
+
+
+def _pretrained(path, **kwargs) -> UniRepLKNet:
+    model = UniRepLKNet(kwargs.pop('arch'), init_cfg=dict(type='Pretrained', checkpoint=path),
+                        **kwargs)
+    model.init_weights()
+    return model
+
+
+def test_loads_authors_imagenet_checkpoint_raw_and_wrapped(tmp_path):
+    arch = reduced('A')
+    source = randomize(UniRepLKNet(arch, out_indices=(3, ), gap_before_final_norm=True))
+    state = _authors_classifier(source)
+    for name, ckpt in (('raw', state), ('model', {'model': state}),
+                       ('module', {'state_dict': {'module.' + k: v for k, v in state.items()}})):
+        path = str(tmp_path / f'{name}.pth')
+        torch.save(ckpt, path)
+        model = _pretrained(path, arch=arch, out_indices=(3, ), gap_before_final_norm=True)
+        loaded = model.state_dict()
+        assert torch.equal(loaded['norm3.weight'], state['norm.weight'])
+        assert torch.equal(loaded['stages.2.0.dwconv.dil_conv_k7_2.weight'],
+                           state['stages.2.0.dwconv.dil_conv_k7_2.weight'])
+
+
+def test_loads_downstream_checkpoint_and_reports_unmatched_keys(tmp_path):
+    arch = reduced('A')
+    source = randomize(UniRepLKNet(arch))
+    state = {'backbone.' + k: v for k, v in source.state_dict().items()}
+    state['neck.lateral.weight'] = torch.zeros(1)
+    state['backbone.stages.0.0.extra.weight'] = torch.zeros(1)
+    del state['backbone.norm2.bias']
+    path = str(tmp_path / 'upernet.pth')
+    torch.save({'state_dict': state, 'meta': {'epoch': 3}}, path)
+    logger = MMLogger.get_current_instance()
+    with mock.patch.object(logger, 'warning') as warning:
+        model = _pretrained(path, arch=arch)
+    reported = ' '.join(str(c.args[0]) for c in warning.call_args_list)
+    assert 'norm2.bias' in reported and 'stages.0.0.extra.weight' in reported
+    assert torch.equal(model.norm3.weight, source.norm3.weight)
+    # ImageNet weights for a downstream backbone: the classifier norm/head are not used.
+    cls_path = str(tmp_path / 'cls.pth')
+    torch.save(_authors_classifier(
+        UniRepLKNet(arch, out_indices=(3, ), gap_before_final_norm=True)), cls_path)
+    with mock.patch.object(logger, 'warning') as warning:
+        _pretrained(cls_path, arch=arch)
+    reported = ' '.join(str(c.args[0]) for c in warning.call_args_list)
+    assert 'norm0.weight' in reported and 'head.weight' not in reported
+
+
+def test_deploy_checkpoints(tmp_path):
+    arch = reduced('A')
+    source = randomize(UniRepLKNet(arch))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = source(x)
+    train_path = str(tmp_path / 'train.pth')
+    torch.save(source.state_dict(), train_path)
+    deploy_path = str(tmp_path / 'deploy.pth')
+    torch.save(reparameterize_model(source).state_dict(), deploy_path)
+    for path in (deploy_path, train_path):  # a training checkpoint is fused on the way
+        model = _pretrained(path, arch=arch, deploy=True).eval()
+        with torch.no_grad():
+            assert rel_err(expected, model(x)) <= 1e-4
+    with pytest.raises(ValueError, match='deploy=True'):
+        _pretrained(deploy_path, arch=arch)
