@@ -106,33 +106,66 @@ void unpack_tile(const typename O::T* src, int64_t cols, int nc, int64_t H, int6
   }
 }
 
-// yr[Wo][VL] += taps of one kernel row (wr[kpad][VL]) applied to one scratch input row xr[WS][VL].
+// acc[WB] (outputs w0..w0+WB-1) += taps of one kernel row (wr[kpad][VL]) applied to one scratch
+// input row xr[WS][VL].
 template <class O, int TJ>
-void conv_row(const typename O::T* xr, const typename O::T* wr, typename O::T* yr, const TileGeom& g) {
+inline __attribute__((always_inline)) void conv_block(const typename O::T* xr, const typename O::T* wr,
+                                                      typename O::V* acc, int64_t w0, const TileGeom& g) {
   using V = typename O::V;
   constexpr int VL = O::VL, WB = O::WB;
-  for (int64_t w0 = 0; w0 < g.Wo; w0 += WB) {
-    V acc[WB];
+  for (int j0 = 0; j0 < g.kpad; j0 += TJ) {
+    if (!chunk_useful<WB, TJ>(w0, j0, g)) continue;
+    V wv[TJ];
 #pragma GCC unroll 16
-    for (int q = 0; q < WB; ++q) acc[q] = O::load(yr + (w0 + q) * VL);
-    for (int j0 = 0; j0 < g.kpad; j0 += TJ) {
-      if (!chunk_useful<WB, TJ>(w0, j0, g)) continue;
-      V wv[TJ];
-#pragma GCC unroll 16
-      for (int t = 0; t < TJ; ++t) wv[t] = O::load(wr + (j0 + t) * VL);
-      const auto* xb = xr + (w0 + j0) * VL;
+    for (int t = 0; t < TJ; ++t) wv[t] = O::load(wr + (j0 + t) * VL);
+    const auto* xb = xr + (w0 + j0) * VL;
 #pragma GCC unroll 32
-      for (int d = 0; d < WB + TJ - 1; ++d) {
-        const V xv = O::load(xb + d * VL);
+    for (int d = 0; d < WB + TJ - 1; ++d) {
+      const V xv = O::load(xb + d * VL);
 #pragma GCC unroll 16
-        for (int t = 0; t < TJ; ++t) {
-          const int q = d - t;
-          if (q >= 0 && q < WB) acc[q] = O::fma(wv[t], xv, acc[q]);
-        }
+      for (int t = 0; t < TJ; ++t) {
+        const int q = d - t;
+        if (q >= 0 && q < WB) acc[q] = O::fma(wv[t], xv, acc[q]);
       }
     }
+  }
+}
+
+// Output row h of a tile: yr[Wo][VL] = init + sum over the useful tap rows i.
+// Small kernels keep each block's accumulators in registers over all tap rows (the K input rows
+// a block reads stay in L1); large ones sweep one tap row at a time over the whole output row, so
+// that row stays in L1, and carry the accumulators through yr.
+template <class O, int TJ>
+void conv_out_row(const typename O::T* xs, const typename O::T* wp, typename O::T* yr, typename O::V init,
+                  int64_t h, const TileGeom& g) {
+  using V = typename O::V;
+  constexpr int VL = O::VL, WB = O::WB;
+  const int64_t i0 = replk::dw_tap_begin(h, g.K), i1 = replk::dw_tap_end(h, g.H, g.K);
+  const bool rows_in_l1 = g.K * (WB + g.kpad - 1) * VL * sizeof(typename O::T) <= 20 * 1024;
+  if (rows_in_l1) {
+    for (int64_t w0 = 0; w0 < g.Wo; w0 += WB) {
+      V acc[WB];
 #pragma GCC unroll 16
-    for (int q = 0; q < WB; ++q) O::store(yr + (w0 + q) * VL, acc[q]);
+      for (int q = 0; q < WB; ++q) acc[q] = init;
+      for (int64_t i = i0; i < i1; ++i)
+        conv_block<O, TJ>(xs + (h + i - g.pad) * g.WS * VL, wp + i * g.kpad * VL, acc, w0, g);
+#pragma GCC unroll 16
+      for (int q = 0; q < WB; ++q) O::store(yr + (w0 + q) * VL, acc[q]);
+    }
+    return;
+  }
+  for (int64_t w = 0; w < g.Wo; ++w) O::store(yr + w * VL, init);
+  for (int64_t i = i0; i < i1; ++i) {
+    const auto* xr = xs + (h + i - g.pad) * g.WS * VL;
+    const auto* wr = wp + i * g.kpad * VL;
+    for (int64_t w0 = 0; w0 < g.Wo; w0 += WB) {
+      V acc[WB];
+#pragma GCC unroll 16
+      for (int q = 0; q < WB; ++q) acc[q] = O::load(yr + (w0 + q) * VL);
+      conv_block<O, TJ>(xr, wr, acc, w0, g);
+#pragma GCC unroll 16
+      for (int q = 0; q < WB; ++q) O::store(yr + (w0 + q) * VL, acc[q]);
+    }
   }
 }
 
@@ -173,14 +206,8 @@ void conv_tile_impl(const replk::cpu::ConvTile<typename O::T>& a, const TileGeom
   using T = typename O::T;
   constexpr int VL = O::VL;
   pack_tile<O>(a.x, a.xsc, a.xsh, a.xsw, a.nc, g.H, g.W, xs, g.WS, g.pad);
-  for (int64_t h = 0; h < g.H; ++h) {
-    T* yr = ys + h * g.Wo * VL;
-    const typename O::V init = a.bias ? O::loadu(a.bias) : O::zero();
-    for (int64_t w = 0; w < g.Wo; ++w) O::store(yr + w * VL, init);
-    const int64_t i1 = replk::dw_tap_end(h, g.H, g.K);
-    for (int64_t i = replk::dw_tap_begin(h, g.K); i < i1; ++i)
-      conv_row<O, TJ>(xs + (h + i - g.pad) * g.WS * VL, a.wpack + i * g.kpad * VL, yr, g);
-  }
+  const typename O::V init = a.bias ? O::loadu(a.bias) : O::zero();
+  for (int64_t h = 0; h < g.H; ++h) conv_out_row<O, TJ>(xs, a.wpack, ys + h * g.Wo * VL, init, h, g);
   unpack_tile<O>(ys, g.Wo, a.nc, g.H, g.W, a.y, a.ysc, a.ysh, a.ysw);
 }
 

@@ -1,0 +1,207 @@
+"""The package's depth-wise conv extension (replk_mm._ext) on the CPU: values and gradients against
+F.conv2d, every instruction-set variant, memory formats, errors, torch.compile, a backbone."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+dwconv_ext = pytest.importorskip('replk_mm.ops.dwconv_ext')
+pytestmark = pytest.mark.skipif(not dwconv_ext.is_available(torch.zeros(1, 1, 1, 1)),
+                                reason='replk_mm._ext is not built (pip install -e .)')
+
+ISA_ENV = 'REPLK_DWCONV_CPU_ISA'
+
+
+def _cpu_isas():
+    flags = open('/proc/cpuinfo').read() if __import__('os').path.exists('/proc/cpuinfo') else ''
+    isas = ['generic']
+    if ' avx2 ' in flags and ' fma ' in flags:
+        isas.append('avx2')
+    if all(f' {f} ' in flags for f in ('avx512f', 'avx512vl', 'avx512dq', 'avx512bw')):
+        isas.append('avx512')
+    return isas
+
+
+def _inputs(shape, k, channels_last=False, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(c, 1, k, k, generator=g, dtype=dtype)
+    bias = torch.randn(c, generator=g, dtype=dtype)
+    grad_out = torch.randn(shape, generator=g, dtype=dtype)
+    return x, weight, bias, grad_out
+
+
+def _run(fn, x, weight, bias, grad_out):
+    x, weight, bias = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
+    y = fn(x, weight, bias)
+    y.backward(grad_out)
+    return y, x.grad, weight.grad, bias.grad
+
+
+def _reference(x, weight, bias):
+    return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+
+
+def _assert_matches(ours, ref, k):
+    names = ('output', 'grad_input', 'grad_weight', 'grad_bias')
+    for name, a, r in zip(names, ours, ref):
+        # fp32 sums of up to N*H*W terms: tolerance relative to the magnitude of the result
+        tol = 2e-6 * (k + 4) * r.abs().max().item() + 1e-6
+        assert a.shape == r.shape, name
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=tol, msg=f'{name} differs (K={k})')
+
+
+# H != W, H or W smaller than K, C not a multiple of the vector widths (16 / 8 / 4), batch 1
+SHAPES = [(2, 19, 9, 14), (1, 33, 12, 35)]
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('k', [3, 5, 7, 13, 27, 31])
+def test_matches_conv2d(k, channels_last):
+    for shape in SHAPES:
+        x, weight, bias, grad_out = _inputs(shape, k, channels_last)
+        ours = _run(dwconv_ext.dwconv2d, x, weight, bias, grad_out)
+        _assert_matches(ours, _run(_reference, x, weight, bias, grad_out), k)
+        assert ours[0].is_contiguous(memory_format=torch.channels_last
+                                     if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize('isa', ['generic', 'avx2', 'avx512'])
+def test_every_instruction_set(isa, monkeypatch):
+    if isa not in _cpu_isas():
+        pytest.skip(f'this CPU has no {isa}')
+    monkeypatch.setenv(ISA_ENV, isa)
+    for k, shape, channels_last in ((13, (2, 37, 11, 21), False), (31, (1, 24, 33, 17), True),
+                                    (3, (1, 9, 1, 40), False)):
+        x, weight, bias, grad_out = _inputs(shape, k, channels_last, seed=k)
+        _assert_matches(_run(dwconv_ext.dwconv2d, x, weight, bias, grad_out),
+                        _run(_reference, x, weight, bias, grad_out), k)
+
+
+def test_unknown_instruction_set_is_rejected(monkeypatch):
+    monkeypatch.setenv(ISA_ENV, 'sse9')
+    x, weight, _, _ = _inputs((1, 4, 5, 5), 3)
+    with pytest.raises(RuntimeError, match='REPLK_DWCONV_CPU_ISA must be'):
+        dwconv_ext.dwconv2d(x, weight)
+
+
+def test_non_contiguous_inputs():
+    k = 7
+    base = torch.randn(2, 40, 13, 30)
+    grad_out = torch.randn(2, 20, 13, 15)
+    weight, bias = torch.randn(20, 1, k, k), torch.randn(20)
+    for x in (base[:, ::2, :, ::2], base.permute(0, 1, 3, 2)[:, :20, :15, :13].transpose(2, 3)):
+        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+        _assert_matches(_run(dwconv_ext.dwconv2d, x, weight, bias, grad_out),
+                        _run(_reference, x, weight, bias, grad_out), k)
+
+
+def test_gradcheck_float64():
+    for shape, k in (((2, 3, 5, 4), 5), ((1, 5, 3, 6), 7)):
+        x, weight, bias, _ = _inputs(shape, k, dtype=torch.float64)
+        args = tuple(t.requires_grad_() for t in (x, weight, bias))
+        assert torch.autograd.gradcheck(dwconv_ext.dwconv2d, args, fast_mode=True)
+    x, weight, _, _ = _inputs((1, 2, 4, 3), 3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(dwconv_ext.dwconv2d, (x.requires_grad_(), weight.requires_grad_()))
+
+
+def test_without_bias_and_partial_grads():
+    x, weight, _, grad_out = _inputs((2, 18, 10, 10), 13)
+    w = weight.clone().requires_grad_()
+    dwconv_ext.dwconv2d(x, w).backward(grad_out)  # x needs no gradient
+    w_ref = weight.clone().requires_grad_()
+    _reference(x, w_ref, None).backward(grad_out)
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-4, atol=1e-3)
+    grad_weight, grad_bias = torch.ops.replk_mm.dwconv2d_backward_weight(grad_out, x, 13, False)
+    assert grad_bias is None and grad_weight.shape == (18, 1, 13, 13)
+
+
+def test_weight_gradient_is_deterministic():
+    x, weight, bias, grad_out = _inputs((4, 40, 16, 16), 31)
+    first = _run(dwconv_ext.dwconv2d, x, weight, bias, grad_out)
+    second = _run(dwconv_ext.dwconv2d, x, weight, bias, grad_out)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_empty_batch():
+    x = torch.zeros(0, 8, 5, 5)
+    assert dwconv_ext.dwconv2d(x, torch.ones(8, 1, 3, 3)).shape == (0, 8, 5, 5)
+
+
+@pytest.mark.parametrize('args, error, match', [
+    (((2, 4, 5, 5), (4, 1, 4, 4)), ValueError, 'odd square kernels'),
+    (((2, 4, 5, 5), (4, 1, 3, 5)), ValueError, 'odd square kernels'),
+    (((2, 4, 5, 5), (3, 1, 3, 3)), ValueError, r'\(C, 1, K, K\) with C=4'),
+    (((4, 5, 5), (4, 1, 3, 3)), ValueError, r'\(N, C, H, W\)'),
+])
+def test_bad_shapes(args, error, match):
+    x_shape, w_shape = args
+    with pytest.raises(error, match=match):
+        dwconv_ext.dwconv2d(torch.randn(x_shape), torch.randn(w_shape))
+
+
+def test_bad_inputs_name_the_fix():
+    x, weight = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    with pytest.raises(ValueError, match=r'bias of shape \(4,\)'):
+        dwconv_ext.dwconv2d(x, weight, torch.randn(5))
+    with pytest.raises(TypeError, match=r'cast'):
+        dwconv_ext.dwconv2d(x.half(), weight.half())
+    with pytest.raises(TypeError, match='weight has dtype torch.float64'):
+        dwconv_ext.dwconv2d(x, weight.double())
+    with pytest.raises(RuntimeError, match='cannot run on meta'):
+        dwconv_ext.dwconv2d(x.to('meta'), weight.to('meta'))
+    with pytest.raises(ValueError, match='weight is on meta'):
+        dwconv_ext.dwconv2d(x, weight.to('meta'))
+    # the C++ checks guard the raw ops too
+    with pytest.raises(RuntimeError, match='odd size'):
+        torch.ops.replk_mm.dwconv2d_forward(x, torch.randn(4, 1, 2, 2), None)
+    with pytest.raises(RuntimeError, match='float32 and float64'):
+        torch.ops.replk_mm.dwconv2d_backward_input(x.half(), weight.half())
+    with pytest.raises(RuntimeError, match='same shape'):
+        torch.ops.replk_mm.dwconv2d_backward_weight(x, x[:, :2], 3, True)
+    with pytest.raises(RuntimeError, match='kernel_size must be odd'):
+        torch.ops.replk_mm.dwconv2d_backward_weight(x, x, 4, True)
+
+
+def test_torch_compile_uses_the_fake_kernels():
+    x, weight, bias, _ = _inputs((1, 6, 7, 9), 5)
+
+    def f(x, w, b):
+        return dwconv_ext.dwconv2d(x, w, b).relu().sum()
+
+    compiled = torch.compile(f, backend='aot_eager', fullgraph=True)
+    args = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    out = compiled(*args)
+    out.backward()
+    ref_args = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    (_reference(*ref_args).relu().sum()).backward()
+    torch.testing.assert_close(out, _reference(x, weight, bias).relu().sum())
+    for a, r in zip(args, ref_args):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_backbone_unchanged_with_the_extension():
+    from replk_mm.models.backbones.replknet import RepLKNet
+    from replk_mm.ops.depthwise_conv import use_dw_impl
+    arch = dict(large_kernel_sizes=(13, 11), layers=(1, 1), channels=(16, 24), small_kernel=5,
+                dw_ratio=1, ffn_ratio=2)
+    torch.manual_seed(0)
+    model = RepLKNet(arch=arch, out_indices=(0, 1), drop_path_rate=0.)
+    x = torch.randn(2, 3, 64, 48)
+    results = {}
+    for impl in ('torch', 'ext'):
+        model.zero_grad()
+        with use_dw_impl(impl):
+            outs = model(x)
+        sum(o.square().mean() for o in outs).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[impl] = ([o.detach() for o in outs], grads)
+    for a, r in zip(results['ext'][0], results['torch'][0]):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+    assert results['ext'][1].keys() == results['torch'][1].keys()
+    assert any('large_kernel' in n for n in results['ext'][1])
+    for name, g in results['torch'][1].items():
+        torch.testing.assert_close(results['ext'][1][name], g, rtol=1e-3, atol=1e-4, msg=name)
