@@ -361,3 +361,54 @@ def test_deploy_checkpoints(tmp_path):
             assert rel_err(expected, model(x)) <= 1e-4
     with pytest.raises(ValueError, match='deploy=True'):
         _pretrained(deploy_path, arch=arch)
+
+
+# ---------------------------------------------------------------- mmpretrain configs
+CONFIG_DIR = osp.join(osp.dirname(__file__), '..', '..', 'configs', 'unireplknet')
+CONFIG_ARCH = {
+    'unireplknet-a_32xb128_in1k.py': 'A', 'unireplknet-f_32xb128_in1k.py': 'F',
+    'unireplknet-p_32xb128_in1k.py': 'P', 'unireplknet-n_32xb128_in1k.py': 'N',
+    'unireplknet-t_32xb128_in1k.py': 'T', 'unireplknet-s_64xb64_in1k.py': 'S',
+    'unireplknet-s_in22k-pre_8xb64_in1k-384px.py': 'S',
+    'unireplknet-b_in22k-pre_8xb64_in1k-384px.py': 'B',
+    'unireplknet-l_in22k-pre_8xb64_in1k-384px.py': 'L',
+    'unireplknet-xl_in22k-pre_16xb32_in1k-384px.py': 'XL',
+}
+
+
+@pytest.mark.parametrize('name', sorted(CONFIG_ARCH))
+def test_classifier_configs_build_the_authors_models(name):
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS as PRETRAIN_MODELS
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, name))
+    init_default_scope('mmpretrain')
+    with torch.device('meta'):
+        model = PRETRAIN_MODELS.build(cfg.model)
+    assert model.backbone.depths == ARCH_SETTINGS[CONFIG_ARCH[name]]['depths']
+    assert num_params(model) == AUTHORS_PARAMS[CONFIG_ARCH[name]][0]
+    size = 384 if '384px' in name else 224
+    crop = [t for t in cfg.test_pipeline if t['type'] in ('CenterCrop', 'Resize')][-1]
+    assert size in (crop.get('crop_size'), (crop.get('scale') or (0, ))[0])
+
+
+def test_layer_decay_finetune_config_builds_its_optimizer():
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS as PRETRAIN_MODELS
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, 'unireplknet-s_in22k-pre_8xb64_in1k-384px.py'))
+    cfg.model.backbone.update(arch=reduced('S'), init_cfg=None)
+    cfg.model.head.in_channels = reduced('S')['dims'][-1]
+    init_default_scope('mmpretrain')
+    model = PRETRAIN_MODELS.build(cfg.model)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    lr_of = {id(p): g['lr'] for g in wrapper.optimizer.param_groups for p in g['params']}
+    stem = lr_of[id(model.backbone.downsample_layers[0][0].weight)]
+    head = lr_of[id(model.head.fc.weight)]
+    block = lr_of[id(model.backbone.stages[2][7].pwconv1[1].weight)]  # layer 3 + 7 // 3 = 5
+    assert head == pytest.approx(5e-5)
+    assert stem == pytest.approx(5e-5 * 0.8**13)
+    assert block == pytest.approx(5e-5 * 0.8**8)
+    assert model.backbone.get_layer_depth('backbone.stages.3.0.gamma', 'backbone.') == (12, 14)
+    assert model.backbone.get_layer_depth('backbone.norm3.weight', 'backbone.') == (13, 14)

@@ -223,6 +223,32 @@ class UniRepLKNet(BaseModule):
                     module.eval()
         return self
 
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """Layer id of a parameter for layer-wise lr decay (the authors' ConvNeXt-style grouping).
+
+        Stem -> 0; stages 0 / 1 and the downsampling into them -> 1 / 2; stage 2 in groups of three
+        blocks from 3; stage 3 -> the last id; anything outside the backbone (head) after it.
+
+        Returns:
+            ``(layer_id, num_layers)`` as mmpretrain's ``LearningRateDecayOptimWrapperConstructor``
+            expects.
+        """
+        max_layer_id = 12 if self.depths[2] > 9 else 6
+        if not param_name.startswith(prefix):
+            return max_layer_id + 1, max_layer_id + 2
+        parts = param_name[len(prefix):].split('.')
+        if parts[0] in ('downsample_layers', 'stages'):
+            stage = int(parts[1])
+            if stage == 3:
+                layer_id = max_layer_id
+            elif parts[0] == 'downsample_layers':
+                layer_id = 0 if stage == 0 else stage + 1
+            else:
+                layer_id = stage + 1 if stage < 2 else 3 + int(parts[2]) // 3
+        else:  # the output norms
+            layer_id = max_layer_id + 1
+        return layer_id, max_layer_id + 2
+
     def init_weights(self) -> None:
         """The authors' initialisation (truncated normal, std 0.02), then ``init_cfg``."""
         if self.is_init:
