@@ -1,4 +1,4 @@
-"""Convert a RepLKNet checkpoint (the authors' RepLKNet-pytorch release, mmpretrain's, or this
+"""Convert a RepLKNet or UniRepLKNet checkpoint (the authors' releases, mmpretrain's, or this
 package's; training or deploy form) into a bare backbone or an mmpretrain ImageClassifier checkpoint.
 
     python tools/convert_checkpoint.py SRC DST [--to backbone|classifier] [--deploy]
@@ -6,8 +6,10 @@ package's; training or deploy form) into a bare backbone or an mmpretrain ImageC
 ``--to backbone`` (default) writes the backbone's keys (the authors' names, ``stages.3.norm.*`` for
 their classifier BN): load it with ``init_cfg=dict(type='Pretrained', checkpoint=DST)``.
 ``--to classifier`` writes ``backbone.*`` + ``head.fc.*``: load it with ``load_from`` into the
-configs of ``configs/replknet/`` (or mmpretrain's own RepLKNet configs). ``--deploy`` fuses the
-large kernels first (the architecture is read from the checkpoint's shapes).
+configs of ``configs/replknet/`` / ``configs/unireplknet/`` (or mmpretrain's own RepLKNet configs).
+``--deploy`` fuses the large kernels first (the architecture is read from the checkpoint's shapes).
+A UniRepLKNet checkpoint is recognised by its ``downsample_layers.*`` keys; the authors' classifier
+``norm.*`` becomes the backbone's ``norm3.*`` (applied after pooling, ``gap_before_final_norm``).
 """
 import argparse
 import os
@@ -20,7 +22,9 @@ from replk_mm.checkpoint import extract_state_dict, load_checkpoint_file, load_s
 from replk_mm.deploy import reparameterize_model
 from replk_mm.models import RepLKNet
 from replk_mm.models.backbones.replknet import REPLKNET_KEY_MAPPING, arch_from_state_dict
+from replk_mm.models.backbones.unireplknet import reparameterize_state_dict
 from replk_mm.models.utils import backbone_state_dict
+from replk_mm.models.utils import unireplknet_keys as uni
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -46,6 +50,17 @@ def fuse(backbone: StateDict) -> StateDict:
                      norm_intermediate_features=with_norm, drop_path_rate=0.0)
     load_state_dict_checked(model, backbone, strict=True, source='the checkpoint')
     return reparameterize_model(model.eval()).state_dict()
+
+
+def fuse_unireplknet(backbone: StateDict) -> StateDict:
+    """Re-parameterize a training-form UniRepLKNet backbone state dict (deploy form: as is)."""
+    if uni.checkpoint_form(backbone) != 'train':
+        return backbone
+    norms = tuple(i for i in range(4) if f'norm{i}.weight' in backbone)
+    with_scale = any(k.endswith('.gamma') and v.dim() == 1 for k, v in backbone.items())
+    return reparameterize_state_dict(
+        backbone, arch=uni.arch_from_state_dict(backbone), out_indices=norms or (3, ),
+        layer_scale_init_value=1e-6 if with_scale else 0)
 
 
 def save_atomic(obj: dict, path: str) -> None:
@@ -74,10 +89,18 @@ def main() -> None:
 
     state_dict = extract_state_dict(
         load_checkpoint_file(args.src, trust=True if args.trust_checkpoint else None))
-    backbone = backbone_state_dict(state_dict, REPLKNET_KEY_MAPPING)
-    arch = arch_from_state_dict(backbone)
-    if args.deploy:
-        backbone = fuse(backbone)
+    if uni.is_unireplknet(state_dict):
+        backbone = backbone_state_dict(state_dict, uni.unireplknet_key_mapping(final_norm=True))
+        arch = uni.arch_from_state_dict(backbone)
+        if args.deploy:
+            backbone = fuse_unireplknet(backbone)
+        deploy = uni.checkpoint_form(backbone) == 'deploy'
+    else:
+        backbone = backbone_state_dict(state_dict, REPLKNET_KEY_MAPPING)
+        arch = arch_from_state_dict(backbone)
+        if args.deploy:
+            backbone = fuse(backbone)
+        deploy = any('.lkb_reparam.' in k for k in backbone)
     out = backbone
     if args.to == 'classifier':
         head = head_state_dict(state_dict)
@@ -85,7 +108,6 @@ def main() -> None:
             raise SystemExit(f'{args.src} has no classifier head (head.* or head.fc.*); '
                              'convert it with --to backbone')
         out = {**{'backbone.' + k: v for k, v in backbone.items()}, **head}
-    deploy = any('.lkb_reparam.' in k for k in backbone)
     meta = dict(source=os.path.basename(args.src), format=args.to, deploy=deploy, arch=arch)
     save_atomic(dict(state_dict=out, meta=meta), args.dst)
     print(f'{args.src} -> {args.dst}: {len(out)} tensors, {args.to}, '

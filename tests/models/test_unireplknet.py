@@ -412,3 +412,36 @@ def test_layer_decay_finetune_config_builds_its_optimizer():
     assert block == pytest.approx(5e-5 * 0.8**8)
     assert model.backbone.get_layer_depth('backbone.stages.3.0.gamma', 'backbone.') == (12, 14)
     assert model.backbone.get_layer_depth('backbone.norm3.weight', 'backbone.') == (13, 14)
+
+
+def test_convert_checkpoint_tool_to_deploy_classifier(tmp_path, monkeypatch):
+    """The authors' training-form classifier -> an mmpretrain deploy-form classifier, same logits."""
+    import runpy
+    import sys
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS as PRETRAIN_MODELS
+    arch = reduced('T')
+    source = randomize(UniRepLKNet(arch, out_indices=(3, ), gap_before_final_norm=True))
+    state = _authors_classifier(source)
+    with torch.no_grad():
+        source.norm3.weight.copy_(state['norm.weight'])
+        source.norm3.bias.copy_(state['norm.bias'])
+        x = torch.randn(2, 3, 64, 64)
+        expected = nn.functional.linear(source(x)[0], state['head.weight'], state['head.bias'])
+    src, dst = str(tmp_path / 'authors.pth'), str(tmp_path / 'deploy_cls.pth')
+    torch.save({'model': state}, src)
+    tool = osp.join(CONFIG_DIR, '..', '..', 'tools', 'convert_checkpoint.py')
+    monkeypatch.setattr(sys, 'argv', [tool, src, dst, '--to', 'classifier', '--deploy'])
+    runpy.run_path(tool, run_name='__main__')
+    converted = torch.load(dst, weights_only=True)
+    assert converted['meta']['deploy'] and converted['meta']['arch']['depths'] == arch['depths']
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, 'unireplknet-t_32xb128_in1k.py'))
+    cfg.model.backbone.update(arch=arch, deploy=True)
+    cfg.model.head.update(in_channels=arch['dims'][-1], num_classes=10)
+    init_default_scope('mmpretrain')
+    classifier = PRETRAIN_MODELS.build(cfg.model).eval()
+    classifier.load_state_dict(converted['state_dict'], strict=True)
+    with torch.no_grad():
+        logits = classifier(x, mode='tensor')
+    assert rel_err(expected, logits) <= 1e-4

@@ -285,10 +285,21 @@ class UniRepLKNet(BaseModule):
                              'not: build the backbone with deploy=True to load it')
         if form != 'train' or not self.deploy:
             return state_dict
-        logger = MMLogger.get_current_instance()
-        logger.info('UniRepLKNet: re-parameterizing the training-form checkpoint for deploy=True')
-        trainable = UniRepLKNet(**self._build_args)
-        load_state_dict_checked(trainable, state_dict, source='checkpoint', logger=logger)
-        fused = reparameterize_model(trainable.eval()).state_dict()
-        # Keys the checkpoint lacks stay missing (and reported); the fused biases are new keys.
-        return {k: v for k, v in fused.items() if k in state_dict or k.endswith(_FUSED_BIASES)}
+        MMLogger.get_current_instance().info(
+            'UniRepLKNet: re-parameterizing the training-form checkpoint for deploy=True')
+        return reparameterize_state_dict(state_dict, **self._build_args)
+
+
+def reparameterize_state_dict(state_dict: Dict[str, torch.Tensor],
+                              **build_args) -> Dict[str, torch.Tensor]:
+    """The deploy form of a training-form UniRepLKNet backbone state dict.
+
+    Builds ``UniRepLKNet(**build_args)`` in training form, loads ``state_dict`` (unmatched keys are
+    reported), re-parameterizes it and returns its state dict. Keys the input lacks stay absent, so a
+    later load still reports them; the fused biases are new keys.
+    """
+    model = UniRepLKNet(**build_args)
+    load_state_dict_checked(model, state_dict, source='checkpoint',
+                            logger=MMLogger.get_current_instance())
+    fused = reparameterize_model(model.eval()).state_dict()
+    return {k: v for k, v in fused.items() if k in state_dict or k.endswith(_FUSED_BIASES)}

@@ -9,6 +9,7 @@ The backbone reproduces the authors' module names, so only the wrappers differ:
 - mmpretrain ImageClassifier of this package: ``backbone.*`` (the classifier's final norm is
   ``backbone.norm3``, applied after pooling) and ``head.fc.*``.
 """
+import re
 from typing import Dict, Optional
 
 import torch
@@ -57,3 +58,27 @@ def authors_to_mmpretrain(state_dict: StateDict) -> StateDict:
         else:
             out['backbone.' + key] = value
     return out
+
+
+def is_unireplknet(state_dict: StateDict) -> bool:
+    """Whether a (possibly ``backbone.``-prefixed) state dict is a UniRepLKNet's."""
+    return any('downsample_layers.' in k for k in state_dict)
+
+
+def arch_from_state_dict(state_dict: StateDict) -> dict:
+    """``dict(depths, dims, kernel_sizes)`` of a UniRepLKNet backbone state dict, from its shapes."""
+    blocks: Dict[int, Dict[int, int]] = {}
+    dims: Dict[int, int] = {}
+    for key, value in state_dict.items():
+        match = re.match(r'stages\.(\d)\.(\d+)\.dwconv\.(lk_origin\.)?weight$', key)
+        if match:
+            stage, block = int(match.group(1)), int(match.group(2))
+            blocks.setdefault(stage, {})[block] = value.shape[-1]
+            dims[stage] = value.shape[0]
+    if sorted(blocks) != [0, 1, 2, 3]:
+        raise KeyError('not a UniRepLKNet backbone state dict: expected the depth-wise conv weights '
+                       'stages.{0..3}.{j}.dwconv[.lk_origin].weight')
+    return dict(
+        depths=tuple(len(blocks[i]) for i in range(4)),
+        dims=tuple(dims[i] for i in range(4)),
+        kernel_sizes=tuple(tuple(blocks[i][j] for j in sorted(blocks[i])) for i in range(4)))
