@@ -445,3 +445,28 @@ def test_convert_checkpoint_tool_to_deploy_classifier(tmp_path, monkeypatch):
     with torch.no_grad():
         logits = classifier(x, mode='tensor')
     assert rel_err(expected, logits) <= 1e-4
+
+
+@pytest.mark.parametrize('arch, table_gflops, decimals', [('F', 0.9, 1), ('A', 0.6, 1)])
+def test_flops_match_the_authors_table(arch, table_gflops, decimals):
+    """Deploy-form classifier MACs at 224 (MMEngine's FlopAnalyzer) against the authors' README."""
+    from mmengine.analysis import FlopAnalyzer
+    from replk_mm.ops import use_dw_impl
+    model = UniRepLKNet(arch, out_indices=(3, ), gap_before_final_norm=True, deploy=True)
+    classifier = nn.Sequential(model, _First(), nn.Linear(model.dims[-1], 1000)).eval()
+    with torch.no_grad(), use_dw_impl('torch'):
+        analyzer = FlopAnalyzer(classifier, (torch.randn(1, 3, 224, 224), ))
+        analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        gflops = analyzer.total() / 1e9
+        by_op = analyzer.by_operator()
+    assert by_op['conv'] > 0 and by_op['linear'] > 0  # the DW entry point and the Linears count
+    if arch == 'F':
+        assert abs(gflops - table_gflops) / table_gflops <= 0.03
+    else:  # A: 0.643 G, which the README rounds to 0.6 (7% off the rounded figure)
+        assert round(gflops, decimals) == table_gflops
+
+
+class _First(nn.Module):
+
+    def forward(self, outs):
+        return outs[0]
