@@ -12,6 +12,12 @@ from replk_mm.models.layers.dilated_reparam import DEFAULT_BRANCHES
 TOL = {torch.float64: 1e-6, torch.float32: 1e-4}
 
 
+@pytest.fixture(autouse=True)
+def plain_torch_dw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No per-kernel timing of the depth-wise implementations: not what these tests are about."""
+    monkeypatch.setenv('REPLK_MM_DW_IMPL', 'torch')
+
+
 def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
     """Random conv weights and random BN affine parameters and running statistics."""
     g = torch.Generator().manual_seed(seed)

@@ -24,6 +24,12 @@ AUTHORS_PARAMS = {
 TOL = {torch.float64: 1e-6, torch.float32: 1e-4}
 
 
+@pytest.fixture(autouse=True)
+def plain_torch_dw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No per-kernel timing of the depth-wise implementations: not what these tests are about."""
+    monkeypatch.setenv('REPLK_MM_DW_IMPL', 'torch')
+
+
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BN statistics and affine terms, random GRN gamma/beta and layer scales; eval mode."""
     g = torch.Generator().manual_seed(seed)
@@ -470,3 +476,31 @@ class _First(nn.Module):
 
     def forward(self, outs):
         return outs[0]
+
+
+def test_deploy_tool_converts_a_unireplknet_classifier(tmp_path):
+    from mmengine.config import Config
+    from replk_mm.deploy import build_model, convert_checkpoint
+    arch = reduced('S')
+    cfg_path = tmp_path / 'uni_cls.py'
+    cfg_path.write_text(f"""
+custom_imports = dict(imports=['replk_mm'], allow_failed_imports=False)
+default_scope = 'mmpretrain'
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(type='replk_mm.UniRepLKNet', arch={arch!r}, out_indices=(3, ),
+                  gap_before_final_norm=True, drop_path_rate=0.1),
+    neck=None,
+    head=dict(type='LinearClsHead', num_classes=5, in_channels={arch['dims'][-1]},
+              loss=dict(type='CrossEntropyLoss')))
+""")
+    model = randomize(build_model(Config.fromfile(str(cfg_path))))
+    ckpt = tmp_path / 'trained.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, str(ckpt))
+    result = convert_checkpoint(str(cfg_path), str(ckpt), str(tmp_path / 'deploy'),
+                                input_shape=(1, 3, 64, 64), check_float64=True, latency_runs=1)
+    assert result.error <= 1e-4 and result.error_float64 <= 1e-10
+    assert result.params_after < result.params_before
+    deployed = torch.load(result.checkpoint, weights_only=True)['state_dict']
+    assert 'backbone.stages.2.0.dwconv.lk_origin.bias' in deployed
+    assert not any('origin_bn' in k or k.endswith('act.1.beta') for k in deployed)
