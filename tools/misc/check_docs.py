@@ -103,7 +103,7 @@ def commands(path: str) -> List[Command]:
             if not pending:
                 first = start + offset
             if text.endswith('\\'):
-                pending += text[:-1] + ' '
+                pending += text[:-1].rstrip() + ' '
                 continue
             text = (pending + text).strip()
             pending = ''
