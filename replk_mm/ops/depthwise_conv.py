@@ -8,7 +8,7 @@ Candidates: ``torch`` (PyTorch in NCHW), ``torch_channels_last`` (PyTorch in NHW
 24x faster than NCHW at K=31 but slower at K=13; on CUDA cuDNN instead of a naive kernel) and
 ``ext`` (the package's compiled extension, ``replk_mm.ops.dwconv_ext``, when it is built and
 supports the input). Like ``cudnn.benchmark``, the first call for each (device type, dtype, K,
-gradient needed) times every candidate on that call's input (forward, plus backward when a
+gradient needed, input memory format) times every candidate on that call's input (forward, plus backward when a
 gradient is needed) and caches the fastest. The output keeps the input's memory format; a
 network kept in channels_last pays no conversion on the channels_last path.
 
@@ -33,7 +33,7 @@ IMPLS = ('torch', 'torch_channels_last', 'ext')
 _TIMED_REPS = 2
 _ELIMINATE = 2.0
 
-ChoiceKey = Tuple[str, torch.dtype, int, bool]
+ChoiceKey = Tuple[str, torch.dtype, int, bool, bool]
 _choices: Dict[ChoiceKey, str] = {}
 _forced: List[str] = []
 
@@ -55,10 +55,13 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor,
         raise ValueError(f'bias must have shape ({channels},), got {tuple(bias.shape)}')
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def _run_torch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                memory_format: torch.memory_format) -> torch.Tensor:
-    channels_last_in = (x.is_contiguous(memory_format=torch.channels_last)
-                        and not x.is_contiguous())
+    channels_last_in = _is_channels_last(x)
     out = F.conv2d(x.contiguous(memory_format=memory_format), weight, bias,
                    padding=weight.shape[-1] // 2, groups=x.shape[1])
     return out.contiguous(
@@ -115,7 +118,8 @@ def use_dw_impl(impl: str) -> Iterator[None]:
 
 
 def dw_impl_choices() -> Dict[ChoiceKey, str]:
-    """The cached automatic choices: ``{(device type, dtype, K, needs grad): impl}``."""
+    """The cached automatic choices: ``{(device type, dtype, K, needs grad, channels_last input):
+    impl}``."""
     return dict(_choices)
 
 
@@ -214,7 +218,7 @@ def _select_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return 'torch'  # graph capture: no timing inside a traced / compiled graph
     needs_grad = _needs_grad(x, weight, bias)
-    key = (x.device.type, x.dtype, weight.shape[-1], needs_grad)
+    key = (x.device.type, x.dtype, weight.shape[-1], needs_grad, _is_channels_last(x))
     candidates = available_dw_impls(x)
     choice = _choices.get(key)
     if choice is None:
@@ -224,7 +228,8 @@ def _select_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         timings = ', '.join(f'{name} {1e3 * t:.2f} ms' for name, t in times.items())
         print_log(
             f'depthwise_conv2d: {choice} for {key[0]} {str(key[1])[6:]} K={key[2]} '
-            f'{"forward+backward" if needs_grad else "forward"} on {tuple(x.shape)} ({timings})',
+            f'{"forward+backward" if needs_grad else "forward"} on {tuple(x.shape)}'
+            f'{" channels_last" if key[4] else ""} ({timings})',
             logger='current', level=logging.INFO)
     return choice if choice in candidates else 'torch'
 

@@ -77,14 +77,15 @@ def test_choice_is_measured_once_per_key_and_cached(monkeypatch):
     assert candidates[:2] == ('torch', 'torch_channels_last')
     assert measured == [(7, False, candidates), (7, True, candidates)]
     choices = dw_impl_choices()
-    assert set(choices) == {('cpu', torch.float32, 7, False), ('cpu', torch.float32, 7, True)}
+    assert set(choices) == {('cpu', torch.float32, 7, False, False),
+                            ('cpu', torch.float32, 7, True, False)}
     assert set(choices.values()) <= set(candidates)
 
 
 def test_fastest_candidate_wins(monkeypatch):
     monkeypatch.setattr(dw, '_time_candidates', lambda *a: {'torch': 2.0, 'torch_channels_last': 1.0})
     depthwise_conv2d(torch.randn(1, 3, 6, 6), torch.randn(3, 1, 5, 5))
-    assert dw_impl_choices() == {('cpu', torch.float32, 5, False): 'torch_channels_last'}
+    assert dw_impl_choices() == {('cpu', torch.float32, 5, False, False): 'torch_channels_last'}
 
 
 def test_measurement_times_forward_and_backward():
@@ -126,7 +127,7 @@ def test_extension_is_a_candidate_when_available(monkeypatch):
     monkeypatch.setattr(dw, '_time_candidates',
                         lambda *a: {'torch': 3.0, 'torch_channels_last': 2.0, 'ext': 1.0})
     depthwise_conv2d(x, w)
-    assert dw_impl_choices()[('cpu', torch.float32, 9, False)] == 'ext'
+    assert dw_impl_choices()[('cpu', torch.float32, 9, False, False)] == 'ext'
 
 
 def test_forcing_a_missing_extension_says_how_to_fix(monkeypatch):
