@@ -8,7 +8,7 @@ shell script parses (``bash -n``) and every make target resolves (``make -n``).
 Commands are the lines of ```bash / ```sh / ```shell / ```console blocks. A trailing comment tag says
 what a command needs beyond a CPU and the repository: ``[gpu]``, ``[data]`` (the real dataset),
 ``[download]`` (an authors' checkpoint), ``[slow]`` (long on a CPU); ``--run-all --skip gpu data``
-leaves such commands out.
+leaves such commands out. A command tagged ``[ci]`` is cheap and runs for real in the CI check too.
 """
 import argparse
 import os
@@ -26,6 +26,7 @@ SHELL_LANGS = {'bash', 'sh', 'shell', 'console'}
 # and data/ are created by the commands themselves).
 REPO_DIRS = ('tools/', 'configs/', 'docs/', 'replk_mm/', 'tests/', 'requirements/', '.ci/')
 TAGS = ('gpu', 'data', 'download', 'slow')
+CI_TAG = 'ci'  # cheap: run for real by the CI check
 FENCE = re.compile(r'^(\s*)(```+|~~~+)\s*([\w+-]*)')
 LINK = re.compile(r'(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+"[^"]*")?\)')
 HEADING = re.compile(r'^(#{1,6})\s+(.*?)\s*#*\s*$')
@@ -110,7 +111,7 @@ def commands(path: str) -> List[Command]:
             if not text or text.startswith('#'):
                 continue
             code, _, comment = _split_comment(text)
-            tags = set(re.findall(r'\[(\w+)\]', comment)) & set(TAGS)
+            tags = set(re.findall(r'\[(\w+)\]', comment)) & {*TAGS, CI_TAG}
             found.append(Command(code.strip(), path, first, tags))
     return found
 
@@ -186,6 +187,9 @@ def cheap_checks(cmd: Command) -> Tuple[Set[str], List[List[str]]]:
     return scripts, checks
 
 
+# Documented commands say `python`: run them with this interpreter (the project's venv) first on PATH.
+ENV = dict(os.environ, PATH=osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
+
 HELP_RUNNER = r'''
 import contextlib, io, runpy, sys
 failed = []
@@ -258,7 +262,8 @@ def check_links(path: str) -> List[str]:
 
 
 def check(files: Sequence[str]) -> List[str]:
-    """The CI check over ``files``: links, paths, --help, bash -n, make -n. Returns the errors."""
+    """The CI check over ``files``: links, paths, --help, bash -n, make -n, and the commands
+    tagged ``[ci]`` for real. Returns the errors."""
     errors, scripts, others = [], set(), []
     for path in files:
         errors += check_links(path)
@@ -267,10 +272,12 @@ def check(files: Sequence[str]) -> List[str]:
             more_scripts, more = cheap_checks(cmd)
             scripts |= more_scripts
             others += [(cmd, argv) for argv in more]
+            if CI_TAG in cmd.tags:
+                others.append((cmd, ['bash', '-c', cmd.text]))
     errors += run_help(sorted(scripts))
     for cmd, argv in others:
         proc = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, check=False)
+                              text=True, check=False, env=ENV)
         if proc.returncode != 0:
             errors.append(f'{cmd.where}: `{" ".join(argv)}` failed: {proc.stdout.strip()[-300:]}')
     return errors
@@ -285,7 +292,8 @@ def run_all(files: Sequence[str], skip: Set[str]) -> List[str]:
                 print(f'skip {cmd.where}: {cmd.text}  [{", ".join(sorted(cmd.tags))}]')
                 continue
             print(f'run  {cmd.where}: {cmd.text}', flush=True)
-            if subprocess.run(['bash', '-c', cmd.text], cwd=ROOT, check=False).returncode != 0:
+            if subprocess.run(['bash', '-c', cmd.text], cwd=ROOT, check=False,
+                              env=ENV).returncode != 0:
                 errors.append(f'{cmd.where}: `{cmd.text}` failed')
     return errors
 
