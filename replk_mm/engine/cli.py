@@ -1,0 +1,170 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: config loading, pre-flight checks that turn
+the usual mistakes (missing dataset, missing or foreign checkpoint, bad backbone arguments) into a
+one-line error naming the fix, and the guard that prints it.
+
+Set ``REPLK_MM_TRACEBACK=1`` to get the full traceback instead of the one line.
+"""
+import os
+import os.path as osp
+import sys
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from ..checkpoint import (UnsafeCheckpointError, extract_state_dict, load_checkpoint_file,
+                          load_state_dict_checked)
+from .distributed import setup_cpu_distributed
+
+DEMO_HINT = 'for the synthetic demo data run `python tools/misc/make_demo_data.py`'
+
+
+class ToolError(Exception):
+    """A mistake in the command line, config or files, reported by the tools in one line."""
+
+
+def run_tool(main: Callable[[], None]) -> None:
+    """Run ``main``; a :class:`ToolError` becomes ``error: ...`` on stderr and exit status 1."""
+    try:
+        main()
+    except ToolError as err:
+        if os.environ.get('REPLK_MM_TRACEBACK') == '1':
+            raise
+        print('error: ' + ' '.join(str(err).split()), file=sys.stderr)
+        sys.exit(1)
+
+
+def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str],
+                launcher: str) -> Config:
+    """Read ``path``, apply ``--cfg-options``, set ``work_dir`` (default ``work_dirs/<name>``)."""
+    if not osp.isfile(path):
+        raise ToolError(f'config {path} does not exist; the configs live under configs/ '
+                        '(e.g. configs/demo/)')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(path))[0])
+    cfg.launcher = launcher
+    setup_cpu_distributed(cfg, launcher)
+    return cfg
+
+
+def _datasets(dataset_cfg: dict) -> Iterator[dict]:
+    """The leaf dataset configs under wrappers (RepeatDataset, ConcatDataset, ...)."""
+    if 'dataset' in dataset_cfg:
+        yield from _datasets(dataset_cfg['dataset'])
+    elif 'datasets' in dataset_cfg:
+        for sub in dataset_cfg['datasets']:
+            yield from _datasets(sub)
+    else:
+        yield dataset_cfg
+
+
+def _dataset_paths(dataset_cfg: dict) -> List[Tuple[str, str]]:
+    """``[(what, path)]`` a dataset config reads: data_root, ann_file, data_prefix entries."""
+    root = dataset_cfg.get('data_root') or ''
+    paths = [('data_root', root)] if root else []
+    if dataset_cfg.get('ann_file'):
+        paths.append(('ann_file', osp.join(root, dataset_cfg['ann_file'])))
+    prefix = dataset_cfg.get('data_prefix') or {}
+    if isinstance(prefix, str):
+        prefix = {'data_prefix': prefix}
+    paths.extend((f'data_prefix.{k}', osp.join(root, v)) for k, v in prefix.items() if v)
+    return paths
+
+
+def check_data_paths(cfg: Config, modes: Tuple[str, ...]) -> None:
+    """Every file and folder the ``{mode}_dataloader`` datasets read must exist."""
+    for mode in modes:
+        loader = cfg.get(f'{mode}_dataloader')
+        if not loader:
+            continue
+        for dataset_cfg in _datasets(loader['dataset']):
+            for what, path in _dataset_paths(dataset_cfg):
+                if not osp.exists(path):
+                    raise ToolError(
+                        f'{mode}_dataloader: the {dataset_cfg.get("type", "dataset")} {what} '
+                        f'{path} does not exist. Prepare the dataset there (docs/get_started.md, '
+                        f'"Datasets") or pass --cfg-options {mode}_dataloader.dataset.data_root='
+                        f'YOUR_PATH; {DEMO_HINT}')
+
+
+def _pretrained_checkpoints(node) -> Iterator[str]:
+    if isinstance(node, dict):
+        if node.get('type') == 'Pretrained' and node.get('checkpoint'):
+            yield node['checkpoint']
+        for value in node.values():
+            yield from _pretrained_checkpoints(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _pretrained_checkpoints(value)
+
+
+def check_pretrained(cfg: Config) -> None:
+    """Local ``init_cfg=dict(type='Pretrained', checkpoint=...)`` files must exist."""
+    for ckpt in _pretrained_checkpoints(cfg.get('model', {})):
+        if '://' not in ckpt and not osp.isfile(ckpt):
+            raise ToolError(
+                f'pretrained weights {ckpt} (model init_cfg) not found. Download the ImageNet '
+                'checkpoint to that path (docs/get_started.md, "Pretrained weights") or train '
+                'from scratch with --cfg-options model.backbone.init_cfg=None')
+
+
+def build_runner(cfg: Config) -> Runner:
+    """``Runner.from_cfg`` with model-building mistakes (bad arch, bad arguments) as ToolError."""
+    try:
+        return Runner.from_cfg(cfg)
+    except (ValueError, KeyError, TypeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise ToolError(f'cannot build the model of this config: {msg}') from err
+
+
+def _few(keys: List[str], n: int = 3) -> str:
+    return ', '.join(keys[:n]) + (', ...' if len(keys) > n else '') if keys else 'none'
+
+
+def checked_state_dict(model: nn.Module, path: str) -> Dict[str, torch.Tensor]:
+    """Read the weights of checkpoint ``path`` and make sure they are a checkpoint of ``model``:
+    same keys, same shapes. Returns the state dict."""
+    try:
+        state_dict = extract_state_dict(load_checkpoint_file(path))
+    except (FileNotFoundError, UnsafeCheckpointError, TypeError) as err:
+        raise ToolError(str(err)) from err
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        raise ToolError(
+            f'checkpoint {path} is not a checkpoint of this model: {len(missing)} of its '
+            f'{len(own)} keys are missing ({_few(missing)}) and {len(unexpected)} checkpoint keys '
+            f'match nothing ({_few(unexpected)}). Pass a checkpoint trained with this config; '
+            'for one converted by tools/deploy.py use the matching *_deploy.py config')
+    shapes = [f'{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+              for k, v in state_dict.items() if v.shape != own[k].shape]
+    if shapes:
+        raise ToolError(f'checkpoint {path} has the keys of this model but other shapes '
+                        f'({_few(shapes)}): it was trained with another arch or number of '
+                        'classes; pass the config it was trained with')
+    return state_dict
+
+
+def build_test_runner(cfg: Config, checkpoint: str) -> Runner:
+    """The Runner that evaluates ``checkpoint`` with ``cfg`` (``runner.test()``): test data
+    checked, weights checked against the model and loaded strictly. Shared by ``tools/test.py``
+    and ``tools/analysis_tools/benchmark_downstream.py``."""
+    cfg.load_from, cfg.resume = None, False
+    check_data_paths(cfg, ('test', ))
+    runner = build_runner(cfg)
+    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    load_state_dict_checked(model, checked_state_dict(model, checkpoint), strict=True,
+                            source=checkpoint)
+    return runner
+
+
+def format_metrics(metrics: dict) -> str:
+    """The line ``tools/test.py`` prints: ``metrics: key=value ...``, floats with 4 decimals."""
+    return 'metrics: ' + ' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+                                  for k, v in metrics.items())
