@@ -16,10 +16,13 @@
 
 #include <cstdint>
 
+#define REPLK_PRAGMA(x) _Pragma(#x)
 #ifdef __CUDACC__
-#define REPLK_UNROLL _Pragma("unroll")
+#define REPLK_UNROLL REPLK_PRAGMA(unroll)
+#define REPLK_UNROLL_BY(n) REPLK_PRAGMA(unroll n)
 #else
-#define REPLK_UNROLL _Pragma("GCC unroll 16")
+#define REPLK_UNROLL REPLK_PRAGMA(GCC unroll 16)
+#define REPLK_UNROLL_BY(n) REPLK_PRAGMA(GCC unroll n)
 #endif
 
 #ifndef REPLK_DYNAMIC_SMEM
@@ -57,6 +60,14 @@ struct Geometry {
 
 // Padded kernel size of the weight gradient (a whole number of kRows x kCols filter blocks).
 __host__ __device__ __forceinline__ int padded_k(int k) { return (k + kRows - 1) / kRows * kRows; }
+
+// Floats per channel plane of the forward's input tile: at least `floats`, padded so that the planes
+// of the cb channels a warp reads start in banks that keep the warp's 32 loads conflict-free
+// (cb 2, 4; 28 of 32 banks for cb 8).
+__host__ __device__ __forceinline__ int forward_plane(int floats, int cb) {
+  const int target = cb == 2 ? 2 : cb == 4 ? 1 : cb == 8 ? 3 : 0;
+  return floats + ((target - floats) % 32 + 32) % 32;
+}
 
 __host__ __device__ __forceinline__ int64_t element_offset(bool channels_last, const Geometry& g, int64_t n,
                                                            int64_t c, int64_t y, int64_t x) {
@@ -109,7 +120,7 @@ __global__ void __launch_bounds__(512)
   const int rows = kTileH + k - 1;
   const int cols = kTileW + k - 1;
   const int pitch = cols | 1;  // odd: neighbouring rows start in different banks
-  const int plane = rows * pitch;
+  const int plane = forward_plane(rows * pitch, g.cb);
   float* x_s = smem;                  // [cb][rows][pitch]
   float* w_s = smem + g.cb * plane;   // [cb][K*K]
 
@@ -131,11 +142,13 @@ __global__ void __launch_bounds__(512)
   }
   __syncthreads();
 
-  // Channel-fastest threads in channels_last make the stores of a warp contiguous.
+  // Channel-fastest threads in channels_last make the stores of a warp contiguous. A thread's
+  // outputs are kCols adjacent columns (the sliding window) of kRows rows kThreadsY apart (with the
+  // odd pitch, the rows of a warp's threads fall in distinct banks).
   const int tid = threadIdx.x;
   const int cbi = kChannelsLast ? tid % g.cb : tid / kForwardThreadsPerChannel;
   const int sp = kChannelsLast ? tid / g.cb : tid % kForwardThreadsPerChannel;
-  const int ty0 = (sp / kThreadsX) * kRows;
+  const int ty = sp / kThreadsX;
   const int tx0 = (sp % kThreadsX) * kCols;
   const int64_t c = c0 + cbi;
   const float* xs = x_s + cbi * plane;
@@ -151,13 +164,13 @@ REPLK_UNROLL
     }
   }
   for (int kh = 0; kh < k; ++kh) {
-    // win[j][u] = xs[(ty0 + j + kh) * pitch + tx0 + u + kw], slid along kw.
+    // win[j][u] = xs[(ty + j * kThreadsY + kh) * pitch + tx0 + u + kw], slid along kw.
     float win[kRows][kCols];
 REPLK_UNROLL
     for (int j = 0; j < kRows; ++j) {
 REPLK_UNROLL
       for (int u = 0; u + 1 < kCols; ++u) {
-        win[j][u + 1] = xs[(ty0 + j + kh) * pitch + tx0 + u];
+        win[j][u + 1] = xs[(ty + j * kThreadsY + kh) * pitch + tx0 + u];
       }
     }
     for (int kw = 0; kw < k; ++kw) {
@@ -168,7 +181,7 @@ REPLK_UNROLL
         for (int u = 0; u + 1 < kCols; ++u) {
           win[j][u] = win[j][u + 1];
         }
-        win[j][kCols - 1] = xs[(ty0 + j + kh) * pitch + tx0 + kw + kCols - 1];
+        win[j][kCols - 1] = xs[(ty + j * kThreadsY + kh) * pitch + tx0 + kw + kCols - 1];
 REPLK_UNROLL
         for (int u = 0; u < kCols; ++u) {
           acc[j][u] += win[j][u] * wv;
@@ -181,7 +194,7 @@ REPLK_UNROLL
   }
 REPLK_UNROLL
   for (int j = 0; j < kRows; ++j) {
-    const int64_t oy = oy0 + ty0 + j;
+    const int64_t oy = oy0 + ty + j * kThreadsY;
 REPLK_UNROLL
     for (int u = 0; u < kCols; ++u) {
       const int64_t ox = ox0 + tx0 + u;
@@ -278,6 +291,7 @@ REPLK_UNROLL
             win[j][u + 1] = xs[(oy + kh0 + j) * pitch + kw0 + u];
           }
         }
+        REPLK_UNROLL_BY(8)
         for (int ox = 0; ox < kTileW; ++ox) {
           const float gv = gys[oy * kTileW + ox];
           bias_acc += gv;

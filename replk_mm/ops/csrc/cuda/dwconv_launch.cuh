@@ -25,9 +25,9 @@ constexpr int64_t kTargetWeightGradBlocks = 2048;
 constexpr size_t kMaxSmemForOccupancy = 100 * 1024;
 
 inline size_t forward_smem_bytes(int k, int cb) {
-  const size_t rows = kTileH + k - 1;
-  const size_t pitch = size_t(kTileW + k - 1) | 1;
-  return sizeof(float) * size_t(cb) * (rows * pitch + size_t(k) * k);
+  const int rows = kTileH + k - 1;
+  const int pitch = (kTileW + k - 1) | 1;
+  return sizeof(float) * size_t(cb) * (size_t(forward_plane(rows * pitch, cb)) + size_t(k) * k);
 }
 
 inline int weight_grad_splits(int k, int cb) {

@@ -1,0 +1,100 @@
+"""The CUDA kernels of replk_mm::dwconv2d_* on a real GPU (run by themselves when one is present):
+correctness against F.conv2d for every dtype and layout, streams, determinism, autocast, errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+
+OPS = torch.ops.replk_mm
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def extension():
+    import replk_mm._ext  # noqa: F401  (registers torch.ops.replk_mm)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key('replk_mm::dwconv2d_forward', 'CUDA'), (
+        'replk_mm._ext was built without CUDA: reinstall with FORCE_CUDA=1 (see docs/cuda.md)')
+
+
+def make_inputs(n, c, h, w, k, dtype, channels_last):
+    g = torch.Generator(device='cuda').manual_seed(0)
+    x, grad_out = (torch.randn(n, c, h, w, device='cuda', generator=g).to(dtype) for _ in range(2))
+    weight = torch.randn(c, 1, k, k, device='cuda', generator=g).to(dtype)
+    bias = torch.randn(c, device='cuda', generator=g).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    return x, weight, bias, grad_out
+
+
+def reference(x, weight, bias, grad_out):
+    x, weight, bias = (t.double().requires_grad_() for t in (x, weight, bias))
+    y = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+    y.backward(grad_out.double())
+    return y.detach(), x.grad, weight.grad, bias.grad
+
+
+def assert_matches(actual, expected, dtype, what):
+    assert actual.dtype == dtype and actual.is_cuda, what
+    err = (actual.double() - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    assert err <= TOLERANCE[dtype] * scale, f'{what}: max error {err:.3g} vs scale {scale:.3g}'
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'nhwc'])
+@pytest.mark.parametrize('k', [3, 13, 31, 63])
+def test_kernels_match_conv2d(k, channels_last, dtype):
+    x, weight, bias, grad_out = make_inputs(3, 37, 45, 70, k, dtype, channels_last)
+    y_ref, gx_ref, gw_ref, gb_ref = reference(x, weight, bias, grad_out)
+    assert_matches(OPS.dwconv2d_forward(x, weight, bias), y_ref, dtype, 'forward')
+    assert_matches(OPS.dwconv2d_backward_input(grad_out, weight), gx_ref, dtype, 'grad input')
+    gw, gb = OPS.dwconv2d_backward_weight(grad_out, x, k, True)
+    assert_matches(gw, gw_ref, dtype, 'grad weight')
+    assert_matches(gb, gb_ref, dtype, 'grad bias')
+
+
+def test_current_stream_is_used():
+    x, weight, bias, _ = make_inputs(8, 64, 64, 64, 31, torch.float32, False)
+    expected = OPS.dwconv2d_forward(x, weight, bias)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        y = OPS.dwconv2d_forward(x, weight, bias)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'nhwc'])
+def test_weight_grad_is_deterministic(channels_last):
+    x, _, _, grad_out = make_inputs(16, 32, 64, 64, 31, torch.float32, channels_last)
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        runs = [OPS.dwconv2d_backward_weight(grad_out, x, 31, True) for _ in range(3)]
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for gw, gb in runs[1:]:
+        assert torch.equal(gw, runs[0][0]) and torch.equal(gb, runs[0][1])
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_autocast(dtype):
+    x, weight, bias, _ = make_inputs(2, 16, 32, 32, 13, torch.float32, False)
+    with torch.autocast('cuda', dtype=dtype):
+        y = OPS.dwconv2d_forward(x, weight, bias)
+    assert y.dtype == dtype
+
+
+def test_errors_are_exceptions():
+    x, weight, _, _ = make_inputs(1, 4, 16, 16, 5, torch.float32, False)
+    with pytest.raises(RuntimeError, match='odd'):
+        OPS.dwconv2d_forward(x, torch.randn(4, 1, 4, 4, device='cuda'), None)
+    with pytest.raises(RuntimeError, match='shared memory'):
+        OPS.dwconv2d_forward(x, torch.randn(4, 1, 301, 301, device='cuda'), None)
+    with pytest.raises(RuntimeError, match='float32, float16 and bfloat16'):
+        OPS.dwconv2d_forward(x.double(), weight.double(), None)
+    # The context is still usable after the errors.
+    torch.testing.assert_close(OPS.dwconv2d_forward(x, weight, None),
+                               F.conv2d(x, weight, padding=2, groups=4), rtol=1e-4, atol=1e-4)
