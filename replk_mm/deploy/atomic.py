@@ -21,6 +21,12 @@ def check_outputs_free(paths: Sequence[str], force: bool) -> None:
                                   'it, or choose another output directory')
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_outputs(paths: Sequence[str], force: bool = False) -> Iterator[List[str]]:
     """Yield one temporary path per target (same directory, same extension); on a clean exit
@@ -43,7 +49,9 @@ def atomic_outputs(paths: Sequence[str], force: bool = False) -> Iterator[List[s
             os.close(fd)
             temps.append(tmp)
         yield list(temps)
+        mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; give the usual permissions
         for tmp, path in zip(temps, paths):
+            os.chmod(tmp, mode)
             os.replace(tmp, path)
     finally:
         for tmp in temps:

@@ -33,6 +33,9 @@ def test_classifier_deploy_matches_training_form(classifier_case: Path, tmp_path
     assert 0 < result.error <= 1e-4 and result.error_float64 <= 1e-10
     assert result.params_after < result.params_before
     assert Path(result.checkpoint).name == 'cls_tiny_deploy.pth'
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(result.checkpoint).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
     ckpt = load_checkpoint_file(result.checkpoint)
     assert set(ckpt) == {'state_dict', 'meta'}  # no optimizer state
