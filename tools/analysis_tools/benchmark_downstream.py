@@ -21,7 +21,6 @@ import itertools
 import json
 import os
 import os.path as osp
-import re
 import subprocess
 import sys
 import threading
@@ -271,20 +270,30 @@ def measure_entry(entry: dict, checkpoint: str, out_dir: str, args: argparse.Nam
     task = TASKS.get(cfg.get('default_scope'), cfg.get('default_scope'))
     rows = [dict(base, task=task, form='training', **row)]
     deploy = entry.get('deploy', True)
-    if deploy is True:
-        shape = (1, 3, *map(int, row['input'].split('x')))
-        result = convert_checkpoint(config, checkpoint, osp.join(out_dir, 'deploy', name),
-                                    force=True, input_shape=shape, latency_runs=1,
-                                    cfg_options=cfg_options or None)
-        deploy = dict(config=result.config, checkpoint=result.checkpoint)
-    if deploy:
+    if not deploy:
+        return rows
+    try:  # a failing deploy form keeps the training row
+        if deploy is True:
+            shape = (1, 3, *map(int, row['input'].split('x')))
+            result = convert_checkpoint(config, checkpoint, osp.join(out_dir, 'deploy', name),
+                                        force=True, input_shape=shape, latency_runs=1,
+                                        cfg_options=cfg_options or None)
+            deploy = dict(config=result.config, checkpoint=result.checkpoint)
         deploy_ckpt = deploy['checkpoint']
         if not osp.isabs(deploy_ckpt):
             deploy_ckpt = osp.join(args.checkpoint_root, deploy_ckpt)
         row, _ = measure_form(repo_path(deploy['config']), deploy_ckpt, cfg_options,
                               work_dir + '_deploy', args)
         rows.append(dict(base, task=task, form='deploy', checkpoint=deploy_ckpt, **row))
+    except Exception as err:
+        if os.environ.get('REPLK_MM_TRACEBACK') == '1':
+            raise
+        rows.append(dict(base, task=task, form='deploy', metrics={}, error=one_line(err)))
     return rows
+
+
+def one_line(err: BaseException) -> str:
+    return ' '.join(f'{type(err).__name__}: {err}'.split())
 
 
 def task_of(config: str) -> Optional[str]:
@@ -459,17 +468,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f'[{name}] measuring {entry["config"]} with {checkpoint}')
             try:
                 measured = measure_entry(entry, checkpoint, out_dir, args)
-                cache[name] = dict(fingerprint=stamp, rows=measured)
             except Exception as err:  # one failing entry must not stop the others
                 if os.environ.get('REPLK_MM_TRACEBACK') == '1':
                     raise
-                message = ' '.join(f'{type(err).__name__}: {err}'.split())
-                print(f'[{name}] FAILED: {message}', file=sys.stderr)
-                failed.append(name)
-                cache.pop(name, None)
                 measured = [dict(name=name, task=task_of(repo_path(entry['config'])),
                                  form='training', source='measured',
-                                 metrics={}, checkpoint=checkpoint, error=message)]
+                                 metrics={}, checkpoint=checkpoint, error=one_line(err))]
+            errors = [row['error'] for row in measured if row.get('error')]
+            if errors:  # reported, and measured again next time
+                print(f'[{name}] FAILED: {"; ".join(errors)}', file=sys.stderr)
+                failed.append(name)
+                cache.pop(name, None)
+            else:
+                cache[name] = dict(fingerprint=stamp, rows=measured)
         rows += measured
         paper = paper_row(entry, measured[0].get('task') or task_of(repo_path(entry['config'])))
         if paper:
