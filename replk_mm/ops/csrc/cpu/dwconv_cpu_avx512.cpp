@@ -2,6 +2,8 @@
 // Compiled for AVX-512 through the target pragma (no torch header here, see dwconv_cpu_kernels.h);
 // dwconv_cpu.cpp calls it only when the CPU reports AVX-512F.
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2")
+// GCC 12 reports its own AVX-512 intrinsics headers as "may be used uninitialized" (a false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "dwconv_cpu_kernels.h"

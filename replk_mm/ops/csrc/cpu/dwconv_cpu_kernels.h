@@ -59,15 +59,15 @@ inline bool chunk_useful(int64_t w0, int64_t j0, const TileGeom& g) {
   return first + WB + TJ - 2 >= 0 && first <= g.W - 1;
 }
 
-// Packs VL (nc valid) channels of one image, given with arbitrary strides, into dst[H][cols][VL]
-// at column offset col0; columns outside the image and lanes >= nc are zero.
+// Packs rows [h0, h1) of VL (nc valid) channels of one image, given with arbitrary strides, into
+// dst[H][cols][VL] at column offset col0; columns outside the image are zeroed here, lanes >= nc
+// must have been zeroed by the caller.
 template <class O>
-void pack_tile(const typename O::T* src, int64_t sc, int64_t sh, int64_t sw, int nc, int64_t H, int64_t W,
-               typename O::T* dst, int64_t cols, int64_t col0) {
+void pack_rows(const typename O::T* src, int64_t sc, int64_t sh, int64_t sw, int nc, int64_t h0, int64_t h1,
+               int64_t W, typename O::T* dst, int64_t cols, int64_t col0) {
   using T = typename O::T;
   constexpr int VL = O::VL;
-  if (nc < VL) std::memset(dst, 0, sizeof(T) * H * cols * VL);
-  for (int64_t h = 0; h < H; ++h) {
+  for (int64_t h = h0; h < h1; ++h) {
     T* row = dst + h * cols * VL;
     if (nc == VL) {
       std::memset(row, 0, sizeof(T) * col0 * VL);
@@ -86,23 +86,18 @@ void pack_tile(const typename O::T* src, int64_t sc, int64_t sh, int64_t sw, int
   }
 }
 
-// Writes the first W columns and nc lanes of src[H][cols][VL] to dst with arbitrary strides.
+// Writes the first W columns and nc lanes of one packed row src[cols][VL] to the row dst of a
+// tensor with arbitrary strides.
 template <class O>
-void unpack_tile(const typename O::T* src, int64_t cols, int nc, int64_t H, int64_t W, typename O::T* dst,
-                 int64_t sc, int64_t sh, int64_t sw) {
-  using T = typename O::T;
+void unpack_row(const typename O::T* src, int nc, int64_t W, typename O::T* dst, int64_t sc, int64_t sw) {
   constexpr int VL = O::VL;
-  for (int64_t h = 0; h < H; ++h) {
-    const T* in = src + h * cols * VL;
-    T* out = dst + h * sh;
-    if (sc == 1 && nc == VL) {
-      for (int64_t w = 0; w < W; ++w) O::storeu(out + w * sw, O::load(in + w * VL));
-    } else if (sw == 1 && nc == VL) {
-      O::transpose_out(in, W, out, sc);
-    } else {
-      for (int c = 0; c < nc; ++c)
-        for (int64_t w = 0; w < W; ++w) out[c * sc + w * sw] = in[w * VL + c];
-    }
+  if (sc == 1 && nc == VL) {
+    for (int64_t w = 0; w < W; ++w) O::storeu(dst + w * sw, O::load(src + w * VL));
+  } else if (sw == 1 && nc == VL) {
+    O::transpose_out(src, W, dst, sc);
+  } else {
+    for (int c = 0; c < nc; ++c)
+      for (int64_t w = 0; w < W; ++w) dst[c * sc + w * sw] = src[w * VL + c];
   }
 }
 
@@ -200,15 +195,37 @@ void grad_weight_row(const typename O::T* xr, const typename O::T* gr, typename 
   }
 }
 
+// Packs the input rows of a tile lazily, just before the first output row that needs them, so that
+// they are still in L1/L2 when used.
+template <class O>
+struct RowPacker {
+  const typename O::T* src;
+  int64_t sc, sh, sw;
+  int nc;
+  typename O::T* dst;
+  int64_t cols, col0;
+  const TileGeom& g;
+  int64_t done = 0;
+  void upto(int64_t rows) {
+    rows = imin(rows, g.H);
+    if (rows > done) pack_rows<O>(src, sc, sh, sw, nc, done, rows, g.W, dst, cols, col0);
+    done = imax(done, rows);
+  }
+};
+
 template <class O, int TJ>
 void conv_tile_impl(const replk::cpu::ConvTile<typename O::T>& a, const TileGeom& g,
-                    typename O::T* xs, typename O::T* ys) {
+                    typename O::T* xs, typename O::T* yr) {
   using T = typename O::T;
   constexpr int VL = O::VL;
-  pack_tile<O>(a.x, a.xsc, a.xsh, a.xsw, a.nc, g.H, g.W, xs, g.WS, g.pad);
+  if (a.nc < VL) std::memset(xs, 0, sizeof(T) * g.H * g.WS * VL);
+  RowPacker<O> in{a.x, a.xsc, a.xsh, a.xsw, a.nc, xs, g.WS, g.pad, g};
   const typename O::V init = a.bias ? O::loadu(a.bias) : O::zero();
-  for (int64_t h = 0; h < g.H; ++h) conv_out_row<O, TJ>(xs, a.wpack, ys + h * g.Wo * VL, init, h, g);
-  unpack_tile<O>(ys, g.Wo, a.nc, g.H, g.W, a.y, a.ysc, a.ysh, a.ysw);
+  for (int64_t h = 0; h < g.H; ++h) {
+    in.upto(h + g.pad + 1);
+    conv_out_row<O, TJ>(xs, a.wpack, yr, init, h, g);
+    unpack_row<O>(yr, a.nc, g.W, a.y + h * a.ysh, a.ysc, a.ysw);
+  }
 }
 
 template <class O, int TJ>
@@ -217,9 +234,15 @@ void grad_weight_tile_impl(const replk::cpu::GradWeightTile<typename O::T>& a, c
   using T = typename O::T;
   using V = typename O::V;
   constexpr int VL = O::VL;
-  pack_tile<O>(a.x, a.xsc, a.xsh, a.xsw, a.nc, g.H, g.W, xs, g.WS, g.pad);
-  pack_tile<O>(a.gy, a.gsc, a.gsh, a.gsw, a.nc, g.H, g.W, gs, g.Wo, 0);
+  if (a.nc < VL) {
+    std::memset(xs, 0, sizeof(T) * g.H * g.WS * VL);
+    std::memset(gs, 0, sizeof(T) * g.H * g.Wo * VL);
+  }
+  RowPacker<O> in{a.x, a.xsc, a.xsh, a.xsw, a.nc, xs, g.WS, g.pad, g};
+  RowPacker<O> grad{a.gy, a.gsc, a.gsh, a.gsw, a.nc, gs, g.Wo, 0, g};
   for (int64_t h = 0; h < g.H; ++h) {
+    in.upto(h + g.pad + 1);
+    grad.upto(h + 1);
     const T* gr = gs + h * g.Wo * VL;
     const int64_t i1 = replk::dw_tap_end(h, g.H, g.K);
     for (int64_t i = replk::dw_tap_begin(h, g.K); i < i1; ++i)
@@ -267,7 +290,7 @@ int64_t padded_taps(int64_t K) { return replk::dw_padded_taps(static_cast<int>(K
 template <class O>
 int64_t scratch_elems(int64_t H, int64_t W, int64_t K) {
   const TileGeom g = tile_geom<O>(H, W, K);
-  // input tile + output (or output-gradient) tile, each rounded to a cache line
+  // input tile + output-gradient tile (the forward uses one output row of it), cache-line rounded
   return (H * g.WS * O::VL + 16) / 16 * 16 + (H * g.Wo * O::VL + 16) / 16 * 16;
 }
 
