@@ -31,7 +31,7 @@ from mmengine.logging import print_log
 IMPL_ENV = 'REPLK_MM_DW_IMPL'
 IMPLS = ('torch', 'torch_channels_last', 'ext')
 _TIMED_REPS = 2
-_ELIMINATE = 2.0
+_ELIMINATE = 4.0
 
 ChoiceKey = Tuple[str, torch.dtype, int, bool, bool]
 _choices: Dict[ChoiceKey, str] = {}
@@ -185,7 +185,7 @@ def _time_candidates(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
             torch.set_num_threads(num_threads)  # OpenMP settings are per thread
             if x.device.type == 'cuda':
                 torch.cuda.set_device(x.device)
-            # One warm-up run each; a candidate over twice the best warm-up is out (a clear loser
+            # One warm-up run each; a candidate over 4x the best warm-up is out (a clear loser
             # need not be run again: at K=31 NCHW takes seconds), the rest are timed again.
             warm = {name: timed(_IMPL_FNS[name]) for name in candidates}
             for name, first in warm.items():
