@@ -108,7 +108,7 @@ def test_reparameterized_equals_deploy_build():
 @pytest.mark.parametrize('arch', list(ARCH_SETTINGS))
 def test_reparameterization_equivalence(arch, dtype):
     model = randomize(UniRepLKNet(reduced(arch), drop_path_rate=0.2)).to(dtype)
-    x = torch.randn(1, 3, 40, 40, dtype=dtype)
+    x = torch.randn(1, 3, 32, 32, dtype=dtype)
     with torch.no_grad():
         before = model(x)
         after = reparameterize_model(model)(x)
@@ -128,7 +128,7 @@ def test_full_width_equivalence_float32():
 def test_input_smaller_than_kernel_stays_finite():
     # Person re-id crops: 384x128 gives a 12x4 last stage, smaller than the 13x13 kernels.
     model = randomize(UniRepLKNet(reduced('T')))
-    x = torch.randn(2, 3, 384, 128)
+    x = torch.randn(1, 3, 384, 128)
     with torch.no_grad():
         outs = model(x)
         fused = reparameterize_model(model)(x)
@@ -481,7 +481,7 @@ class _First(nn.Module):
 def test_deploy_tool_converts_a_unireplknet_classifier(tmp_path):
     from mmengine.config import Config
     from replk_mm.deploy import build_model, convert_checkpoint
-    arch = reduced('S')
+    arch = reduced('A')
     cfg_path = tmp_path / 'uni_cls.py'
     cfg_path.write_text(f"""
 custom_imports = dict(imports=['replk_mm'], allow_failed_imports=False)
