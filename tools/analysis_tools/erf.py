@@ -134,7 +134,8 @@ def build_backbone(config: str, checkpoint: Optional[str],
     backbone = getattr(model, 'backbone', model).eval()
     for param in backbone.parameters():
         param.requires_grad_(False)
-    preprocessor = cfg.model.get('data_preprocessor') or {}
+    # mmseg / mmdet keep it in the model; mmpretrain configs at the top level.
+    preprocessor = cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or {}
     return (backbone, preprocessor.get('mean', IMAGENET_MEAN), preprocessor.get('std', IMAGENET_STD))
 
 
