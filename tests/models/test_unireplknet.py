@@ -504,3 +504,16 @@ model = dict(
     deployed = torch.load(result.checkpoint, weights_only=True)['state_dict']
     assert 'backbone.stages.2.0.dwconv.lk_origin.bias' in deployed
     assert not any('origin_bn' in k or k.endswith('act.1.beta') for k in deployed)
+
+
+def test_benchmark_backbone_tool_accepts_unireplknet_configs():
+    import runpy
+    tool = runpy.run_path(osp.join(CONFIG_DIR, '..', '..', 'tools', 'analysis_tools',
+                                   'benchmark_backbone.py'))
+    kwargs = tool['backbone_kwargs'](osp.join(CONFIG_DIR, 'unireplknet-t_32xb128_in1k.py'))
+    assert kwargs == dict(type='UniRepLKNet', arch='T')
+    kwargs['arch'] = reduced('T')
+    assert tool['build']('mmpretrain-default', kwargs, torch.device('cpu')) is None
+    model = tool['build']('ours-deploy-auto', kwargs, torch.device('cpu'))
+    assert isinstance(model, UniRepLKNet) and model.stages[2][0].dwconv.deployed
+    assert model(torch.randn(1, 3, 64, 64))[0].shape == (1, kwargs['arch']['dims'][3], 2, 2)

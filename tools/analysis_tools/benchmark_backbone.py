@@ -5,7 +5,8 @@ dispatch vs plain NCHW PyTorch, side by side with mmpretrain's RepLKNet on the s
         [--threads T] [--repeats R] [--modes forward forward_backward] [--out DIR]
 
 CONFIG_OR_ARCH is a preset name (31B, 31L, XL, ...) or a config whose ``model.backbone`` is a
-``replk_mm.RepLKNet``. Every variant outputs the last stage with a BN on it (mmpretrain's default
+``replk_mm.RepLKNet`` or a ``replk_mm.UniRepLKNet`` (e.g. ``configs/unireplknet/*.py``; it has no
+mmpretrain counterpart, so only the replk_mm variants run). Every variant outputs the last stage with a BN on it (mmpretrain's default
 ``out_indices=(3,)``). Runs are interleaved (A, B, C, A, B, C, ...) after warm-up, and each variant's
 median is reported, so load on a shared machine hits every variant alike. Peak memory: what one
 pass allocates at its peak beyond the weights and input (CUDA: the allocator's statistics; CPU: the
@@ -27,11 +28,13 @@ from mmengine.config import Config
 from tqdm import tqdm
 
 from replk_mm.deploy import reparameterize_model
-from replk_mm.models import RepLKNet
+from replk_mm.models import RepLKNet, UniRepLKNet
 from replk_mm.models.backbones.replknet import ARCH_SETTINGS
 from replk_mm.ops import dw_impl_choices, use_dw_impl
 
 MMPRETRAIN_ARCHS = ('31B', '31L', 'XL')
+BACKBONES = {'replk_mm.RepLKNet': RepLKNet, 'RepLKNet': RepLKNet,
+             'replk_mm.UniRepLKNet': UniRepLKNet, 'UniRepLKNet': UniRepLKNet}
 VARIANTS = {
     # name: (description, builder key, deploy, dw impl, channels_last)
     'ours-train-auto': ('replk_mm, training form, DW dispatch', 'ours', False, 'auto', False),
@@ -55,10 +58,12 @@ def backbone_kwargs(config_or_arch: str) -> dict:
         raise SystemExit(f'{config_or_arch!r} is neither a config file nor a RepLKNet arch '
                          f'({", ".join(ARCH_SETTINGS)})')
     backbone = Config.fromfile(config_or_arch).model.get('backbone', {})
-    if backbone.get('type') not in ('replk_mm.RepLKNet', 'RepLKNet'):
+    if backbone.get('type') not in BACKBONES:
         raise SystemExit(f'{config_or_arch}: model.backbone is {backbone.get("type")!r}, '
-                         'not replk_mm.RepLKNet')
+                         'not replk_mm.RepLKNet or replk_mm.UniRepLKNet')
     kwargs = {k: v for k, v in backbone.items() if k in ('arch', 'norm_cfg', 'act_cfg')}
+    if BACKBONES[backbone['type']] is UniRepLKNet:
+        kwargs['type'] = 'UniRepLKNet'
     if kwargs.get('norm_cfg', {}).get('type') == 'SyncBN':
         kwargs['norm_cfg'] = dict(kwargs['norm_cfg'], type='BN')  # one process: plain BN
     return kwargs
@@ -68,7 +73,14 @@ def build(variant: str, kwargs: dict, device: torch.device) -> Optional[nn.Modul
     """The variant's model, in eval mode, or None when it does not apply to this arch."""
     _, builder, deploy, _, channels_last = VARIANTS[variant]
     torch.manual_seed(0)
-    if builder == 'ours':
+    if kwargs.get('type') == 'UniRepLKNet':
+        if builder != 'ours':
+            return None
+        model = UniRepLKNet(**{k: v for k, v in kwargs.items() if k != 'type'},
+                            out_indices=(3, ), drop_path_rate=0.0)
+        if deploy:
+            reparameterize_model(model.eval())
+    elif builder == 'ours':
         model = RepLKNet(**kwargs, out_indices=(3, ), norm_intermediate_features=True,
                          drop_path_rate=0.0)
         if deploy:
@@ -209,7 +221,7 @@ def main() -> None:
     for row in rows:
         if row['mode'] in reference:
             row['speedup_vs_mmpretrain'] = round(reference[row['mode']] / row['median_ms'], 2)
-    header = (f'RepLKNet {kwargs.get("arch")} backbone, input {args.batch}x3x{args.shape[0]}x'
+    header = (f'{kwargs.get("type", "RepLKNet")} {kwargs.get("arch")} backbone, input {args.batch}x3x{args.shape[0]}x'
               f'{args.shape[1]}, {args.device}' +
               (f', {args.threads} threads' if device.type == 'cpu' else '') +
               f', torch {torch.__version__}; median of {args.repeats} interleaved runs after '
