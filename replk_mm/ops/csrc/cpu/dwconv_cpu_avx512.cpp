@@ -1,4 +1,6 @@
-// AVX-512 instantiation of the depth-wise kernels: 16 channels per vector, 8x8 register blocks.
+// AVX-512 instantiation of the depth-wise kernels: 16 channels per vector, register blocks of
+// 8 (or, for widths that are multiples of 7 but not of 8, such as RepLKNet's 56/28/14/7: 7)
+// outputs x 8 taps.
 // Compiled for AVX-512 through the target pragma (no torch header here, see dwconv_cpu_kernels.h);
 // dwconv_cpu.cpp calls it only when the CPU reports AVX-512F.
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2")
@@ -37,10 +39,11 @@ inline void transpose16(__m512 r[16]) {
   }
 }
 
+template <int BlockWidth>
 struct Avx512 {
   using T = float;
   using V = __m512;
-  static constexpr int VL = 16, WB = 8, TJMAX = 8;
+  static constexpr int VL = 16, WB = BlockWidth, TJMAX = 8;
   static V load(const T* p) { return _mm512_load_ps(p); }
   static V loadu(const T* p) { return _mm512_loadu_ps(p); }
   static void store(T* p, V v) { _mm512_store_ps(p, v); }
@@ -84,8 +87,27 @@ struct Avx512 {
   }
 };
 
+// The block width that wastes the fewest padding columns for a row of W outputs.
+inline bool use_block7(int64_t W) { return W % 8 != 0 && W % 7 == 0; }
+
+void conv_tile_any(const replk::cpu::ConvTile<float>& a, float* scratch) {
+  use_block7(a.W) ? conv_tile<Avx512<7>>(a, scratch) : conv_tile<Avx512<8>>(a, scratch);
+}
+
+void grad_weight_tile_any(const replk::cpu::GradWeightTile<float>& a, float* scratch) {
+  use_block7(a.W) ? grad_weight_tile<Avx512<7>>(a, scratch) : grad_weight_tile<Avx512<8>>(a, scratch);
+}
+
+int64_t scratch_elems_any(int64_t H, int64_t W, int64_t K) {
+  return use_block7(W) ? scratch_elems<Avx512<7>>(H, W, K) : scratch_elems<Avx512<8>>(H, W, K);
+}
+
 }  // namespace
 
 namespace replk::cpu {
-Kernels<float> kernels_avx512_f32() { return make_kernels<Avx512>("avx512"); }
+Kernels<float> kernels_avx512_f32() {
+  // VL, the tap chunks and the weight packing do not depend on the block width
+  return {"avx512", 16, &padded_taps<Avx512<8>>, &scratch_elems_any, &pack_weight<Avx512<8>>,
+          &conv_tile_any, &grad_weight_tile_any};
+}
 }  // namespace replk::cpu
