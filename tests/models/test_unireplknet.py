@@ -517,3 +517,17 @@ def test_benchmark_backbone_tool_accepts_unireplknet_configs():
     model = tool['build']('ours-deploy-auto', kwargs, torch.device('cpu'))
     assert isinstance(model, UniRepLKNet) and model.stages[2][0].dwconv.deployed
     assert model(torch.randn(1, 3, 64, 64))[0].shape == (1, kwargs['arch']['dims'][3], 2, 2)
+
+
+def test_default_init_is_the_authors_truncated_normal():
+    torch.manual_seed(0)
+    model = UniRepLKNet(dict(depths=(1, 1, 1, 1), dims=(16, 16, 16, 16),
+                             kernel_sizes=((3, ), (13, ), (3, ), (5, ))))
+    model.init_weights()
+    block = model.stages[1][0]
+    for weight in (block.dwconv.lk_origin.weight, block.dwconv.dil_conv_k7_2.weight,
+                   block.pwconv1[1].weight, model.downsample_layers[0][0].weight):
+        assert abs(weight.std().item() - 0.02) < 0.005
+    assert not block.pwconv1[1].bias.any() and not block.se.down.bias.any()
+    assert torch.equal(block.gamma.detach(), torch.full((16, ), 1e-6))
+    assert not block.act[1].gamma.any() and not block.act[1].beta.any()

@@ -6,11 +6,9 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from replk_mm.checkpoint import load_state_dict_checked
-from replk_mm.ops import DepthwiseConv2d
 from replk_mm.registry import MODELS
 from ..layers.layer_norm import LayerNorm2d
 from ..layers.reparam import reparameterize_model
@@ -19,6 +17,10 @@ from ..utils.ckpt_convert import load_pretrained
 from ..utils.unireplknet_keys import checkpoint_form, unireplknet_key_mapping
 
 KernelSizes = Tuple[Tuple[int, ...], ...]
+# The authors' initialisation: truncated normal (std 0.02) for every conv and linear, zero biases.
+DEFAULT_INIT_CFG = [
+    dict(type='TruncNormal', layer=['Conv2d', 'Linear', 'DepthwiseConv2d'], std=.02, bias=0.)
+]
 # Parameters that only the deploy form has.
 _FUSED_BIASES = ('dwconv.lk_origin.bias', 'dwconv.bias', 'pwconv2.0.bias')
 
@@ -118,7 +120,8 @@ class UniRepLKNet(BaseModule):
         with_cp: recompute each block in the backward pass (non-reentrant checkpointing).
         deploy: build the re-parameterized (inference) form.
         gap_before_final_norm: global-average-pool before ``norm{i}`` (classification).
-        init_cfg: MMEngine init config. ``dict(type='Pretrained', checkpoint=..., prefix=None)``
+        init_cfg: MMEngine init config (default: the authors' truncated normal, std 0.02, for
+            convs and linears). ``dict(type='Pretrained', checkpoint=..., prefix=None)``
             loads the authors' checkpoints (ImageNet or downstream, training or deploy form,
             wrapped or not) and OpenMMLab ones; a training-form checkpoint loads into a
             ``deploy=True`` model by fusing it on the way.
@@ -146,7 +149,7 @@ class UniRepLKNet(BaseModule):
         if len(pretrained) > 1:
             raise ValueError('init_cfg has more than one Pretrained entry; keep one')
         others = [c for c in init_cfgs if c.get('type') != 'Pretrained']
-        super().__init__(init_cfg=others or None)
+        super().__init__(init_cfg=others or copy.deepcopy(DEFAULT_INIT_CFG))
         self.pretrained_cfg = pretrained[0] if pretrained else None
 
         self.depths, self.dims, self.kernel_sizes = resolve_arch(arch)
@@ -250,16 +253,10 @@ class UniRepLKNet(BaseModule):
         return layer_id, max_layer_id + 2
 
     def init_weights(self) -> None:
-        """The authors' initialisation (truncated normal, std 0.02), then ``init_cfg``."""
+        """``init_cfg`` (by default the authors' truncated normal), then the Pretrained weights."""
         if self.is_init:
             super().init_weights()  # MMEngine warns about the repeated call
             return
-        if self.init_cfg is None:
-            for module in self.modules():
-                if isinstance(module, (nn.Conv2d, nn.Linear, DepthwiseConv2d)):
-                    trunc_normal_(module.weight, std=.02)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
         super().init_weights()
         if self.pretrained_cfg is not None:
             self.load_pretrained(self.pretrained_cfg['checkpoint'],
