@@ -367,6 +367,11 @@ def test_deploy_checkpoints(tmp_path):
             assert rel_err(expected, model(x)) <= 1e-4
     with pytest.raises(ValueError, match='deploy=True'):
         _pretrained(deploy_path, arch=arch)
+    fused = reparameterize_model(UniRepLKNet(arch).eval())  # fused in place: loads deploy files
+    assert fused.deployed and not UniRepLKNet(arch).deployed
+    assert fused.load_pretrained(deploy_path) == ([], [])
+    with torch.no_grad():
+        assert rel_err(expected, fused(x)) <= 1e-4
 
 
 # ---------------------------------------------------------------- mmpretrain configs

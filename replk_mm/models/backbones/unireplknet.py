@@ -164,7 +164,6 @@ class UniRepLKNet(BaseModule):
         self.out_indices = tuple(sorted(set(out_indices)))
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.deploy = deploy
         self.gap_before_final_norm = gap_before_final_norm
 
         dims = self.dims
@@ -203,6 +202,11 @@ class UniRepLKNet(BaseModule):
                 norm = getattr(self, f'norm{i}')
                 outs.append(norm(x.mean((-2, -1))) if self.gap_before_final_norm else norm(x))
         return tuple(outs)
+
+    @property
+    def deployed(self) -> bool:
+        """Whether every block is in its re-parameterized (deploy) form."""
+        return all(block.deployed for stage in self.stages for block in stage)
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:
@@ -277,10 +281,10 @@ class UniRepLKNet(BaseModule):
     def _match_form(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Fuse a training-form state dict for a deploy-form model; refuse the reverse."""
         form = checkpoint_form(state_dict)
-        if form == 'deploy' and not self.deploy:
+        if form == 'deploy' and not self.deployed:
             raise ValueError('the checkpoint is in deploy (re-parameterized) form but the model is '
                              'not: build the backbone with deploy=True to load it')
-        if form != 'train' or not self.deploy:
+        if form != 'train' or not self.deployed:
             return state_dict
         MMLogger.get_current_instance().info(
             'UniRepLKNet: re-parameterizing the training-form checkpoint for deploy=True')
