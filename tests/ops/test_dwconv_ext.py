@@ -205,3 +205,23 @@ def test_backbone_unchanged_with_the_extension():
     assert any('large_kernel' in n for n in results['ext'][1])
     for name, g in results['torch'][1].items():
         torch.testing.assert_close(results['ext'][1][name], g, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_benchmark_script_writes_its_tables(tmp_path):
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), '..', '..', 'tools', 'analysis_tools',
+                        'benchmark_dwconv.py')
+    spec = importlib.util.spec_from_file_location('benchmark_dwconv', path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # useful taps: K=3 on a length-2 axis -> outputs 0 and 1 each see 2 of 3 taps
+    assert bench.useful_taps_1d(2, 3) == 4 and bench.useful_taps_1d(40, 1) == 40
+    bench.main(['--device', 'cpu', '--kernels', '3', '--resolutions', '4', '--batch', '1',
+                '--passes-batch', '1', '--repeats', '1', '--gemm-size', '128', '--out', str(tmp_path)])
+    for name in ('dwconv_passes.csv', 'dwconv_passes.md', 'dwconv_table1.csv', 'dwconv_table1.md',
+                 'dwconv_table1.png'):
+        assert (tmp_path / name).stat().st_size > 0, name
+    table = (tmp_path / 'dwconv_table1.md').read_text()
+    assert '| 4 | ours_nchw |' in table and '| 4 | pytorch_channels_last |' in table
+    assert 'forward never slower' in (tmp_path / 'dwconv_passes.md').read_text()

@@ -75,17 +75,17 @@ def timed_cpu(fn: Callable[[], object], device: torch.device) -> Tuple[float, fl
     return wall, time.process_time() - cpu
 
 
-def measure_rates(device: torch.device) -> Dict[str, float]:
-    """sgemm rate (FLOP/s, 2048^3 as in SPEC section 3) and copy bandwidth (B/s) of the device."""
-    a = torch.randn(2048, 2048, device=device)
-    b = torch.randn(2048, 2048, device=device)
-    src = torch.empty(64 * 2 ** 20, device=device)  # 256 MiB
+def measure_rates(device: torch.device, n: int = 2048) -> Dict[str, float]:
+    """sgemm rate (FLOP/s, n^3; SPEC section 3 uses 2048) and copy bandwidth (B/s, 16 n^2 floats)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    src = torch.empty(16 * n * n, device=device)  # 256 MiB for n = 2048
     dst = torch.empty_like(src)
     a @ b
     dst.copy_(src)
     gemm = min(timed(lambda: a @ b, device) for _ in range(5))
     copy = min(timed(lambda: dst.copy_(src), device) for _ in range(5))
-    return dict(sgemm=2 * 2048 ** 3 / gemm, bandwidth=2 * src.numel() * 4 / copy)
+    return dict(sgemm=2 * n ** 3 / gemm, bandwidth=2 * src.numel() * 4 / copy)
 
 
 def to_layout(t: torch.Tensor, impl: str) -> torch.Tensor:
@@ -219,7 +219,7 @@ def header(args, device: torch.device, rates: Dict[str, float]) -> List[str]:
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
         f'CPU, {torch.get_num_threads()} threads')
     load = f', load average {os.getloadavg()[0]:.1f}' if hasattr(os, 'getloadavg') else ''
-    return [f'Device: {name}{load}; torch {torch.__version__}, fp32. sgemm (2048^3) '
+    return [f'Device: {name}{load}; torch {torch.__version__}, fp32. sgemm ({args.gemm_size}^3) '
             f'{rates["sgemm"] / 1e9:.0f} GFLOP/s, copy bandwidth {rates["bandwidth"] / 1e9:.1f} GB/s, '
             'measured in this run.', '']
 
@@ -338,6 +338,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per cell (best kept)')
     parser.add_argument('--cell-budget', type=float, default=20.0,
                         help='seconds per implementation and table1 cell before fewer layers are timed')
+    parser.add_argument('--gemm-size', type=int, default=2048, help='n of the n^3 sgemm rate')
     parser.add_argument('--out', help='output folder (default work_dirs/benchmark_dwconv/<device>)')
     args = parser.parse_args(argv)
     if args.batch is None:
@@ -361,7 +362,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         impls = [i for i in impls if not i.startswith('ours')]
     out = args.out or os.path.join('work_dirs', 'benchmark_dwconv', device.type)
     os.makedirs(out, exist_ok=True)
-    rates = measure_rates(device)
+    rates = measure_rates(device, args.gemm_size)
     print('\n'.join(header(args, device, rates)))
     if 'passes' in args.parts:
         rows = run_passes(args, device, rates, impls)
