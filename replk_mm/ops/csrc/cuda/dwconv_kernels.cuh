@@ -164,29 +164,43 @@ REPLK_UNROLL
     }
   }
   for (int kh = 0; kh < k; ++kh) {
-    // win[j][u] = xs[(ty + j * kThreadsY + kh) * pitch + tx0 + u + kw], slid along kw.
+    // win[j][u] = row[j][u + kw], slid along kw.
+    const float* row[kRows];
     float win[kRows][kCols];
 REPLK_UNROLL
     for (int j = 0; j < kRows; ++j) {
+      row[j] = xs + (ty + j * kThreadsY + kh) * pitch + tx0;
 REPLK_UNROLL
       for (int u = 0; u + 1 < kCols; ++u) {
-        win[j][u + 1] = xs[(ty + j * kThreadsY + kh) * pitch + tx0 + u];
+        win[j][u + 1] = row[j][u];
       }
     }
-    for (int kw = 0; kw < k; ++kw) {
-      const float wv = ws[kh * k + kw];
+    const float* wrow = ws + kh * k;
+    const auto step = [&](int kw) {
+      const float wv = wrow[kw];
 REPLK_UNROLL
       for (int j = 0; j < kRows; ++j) {
 REPLK_UNROLL
         for (int u = 0; u + 1 < kCols; ++u) {
           win[j][u] = win[j][u + 1];
         }
-        win[j][kCols - 1] = xs[(ty + j * kThreadsY + kh) * pitch + tx0 + kw + kCols - 1];
+        win[j][kCols - 1] = row[j][kw + kCols - 1];
 REPLK_UNROLL
         for (int u = 0; u < kCols; ++u) {
           acc[j][u] += win[j][u] * wv;
         }
       }
+    };
+    // Groups of kCols steps, fully unrolled: the window's shifts become register renames.
+    int kw = 0;
+    for (; kw + kCols <= k; kw += kCols) {
+REPLK_UNROLL
+      for (int q = 0; q < kCols; ++q) {
+        step(kw + q);
+      }
+    }
+    for (; kw < k; ++kw) {
+      step(kw);
     }
   }
   if (c >= g.channels) {
