@@ -1,5 +1,5 @@
-# The checkpoints `make demo` trains on the synthetic demo data (tools/misc/make_demo_data.py).
-# python tools/analysis_tools/benchmark_downstream.py configs/benchmarks/demo.py
+# The checkpoints `make demo` trains on the synthetic demo data (tools/misc/run_demo.sh):
+#   python tools/analysis_tools/benchmark_downstream.py configs/benchmarks/demo.py
 # No `paper` figures: these tiny models exist to exercise the pipeline, not to match a paper.
 benchmarks = [
     dict(
@@ -10,8 +10,4 @@ benchmarks = [
         name='fcos_replknet-demo',
         config='configs/demo/fcos_replknet-demo_coco-demo.py',
         checkpoint='work_dirs/demo_fcos/epoch_6.pth'),
-    dict(
-        name='cascade-mask-rcnn_replknet-demo',
-        config='configs/demo/cascade-mask-rcnn_replknet-demo_coco-demo.py',
-        checkpoint='work_dirs/demo_cascade/epoch_6.pth'),
 ]
