@@ -4,13 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test clean
+.PHONY: setup test clean demo
 
 setup:
 	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/setup_env.sh
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: setup
+	PY=$(PY) bash tools/misc/run_demo.sh
 
 clean:
 	rm -rf build *.egg-info replk_mm/*.so work_dirs .pytest_cache

@@ -1,0 +1,180 @@
+"""tools/train.py, tools/test.py and tools/dist_train.sh on the demo data: a short training run
+evaluated by test.py, a killed run resumed to the same weights as an uninterrupted one, a
+two-process (gloo) run, and the one-line errors for the usual mistakes."""
+import os
+import os.path as osp
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+PYTHON = sys.executable
+SEG_DEMO = osp.join(ROOT, 'configs', 'demo', 'upernet_replknet-demo_ade20k-demo.py')
+DET_DEMO = osp.join(ROOT, 'configs', 'demo', 'fcos_replknet-demo_coco-demo.py')
+sys.path.insert(0, osp.join(ROOT, 'tools', 'misc'))
+from make_demo_data import make_demo_data  # noqa: E402
+
+
+def dw_impl() -> str:
+    """The compiled depth-wise op when built: no per-shape auto-tuning in these short runs."""
+    from replk_mm.ops import dwconv_ext
+    return 'ext' if dwconv_ext.extension_loaded() else 'torch'
+
+
+@pytest.fixture(autouse=True)
+def fixed_dw_impl(monkeypatch):
+    monkeypatch.setenv('REPLK_MM_DW_IMPL', dw_impl())
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp('demo_data'))
+    make_demo_data(root, seed=0, size=64, num_train=8, num_val=4)
+    return root
+
+
+def seg_options(data_root: str, iters: int, interval: int) -> list:
+    """--cfg-options for a short deterministic run of the segmentation demo at 64x64."""
+    ade = osp.join(data_root, 'ade20k')
+    return [
+        f'train_dataloader.dataset.data_root={ade}', f'val_dataloader.dataset.data_root={ade}',
+        f'test_dataloader.dataset.data_root={ade}', 'train_dataloader.batch_size=2',
+        'model.data_preprocessor.size=(64,64)', f'train_cfg.max_iters={iters}',
+        f'train_cfg.val_interval={iters}', f'default_hooks.checkpoint.interval={interval}',
+        'default_hooks.checkpoint.max_keep_ckpts=10', 'default_hooks.logger.interval=1',
+        'model.backbone.drop_path_rate=0.0', 'model.decode_head.dropout_ratio=0.0',
+        'model.auxiliary_head.dropout_ratio=0.0', 'env_cfg.mp_cfg.opencv_num_threads=1',
+    ]
+
+
+def run_tool(tool: str, argv: list, capsys) -> tuple:
+    """Run tools/<tool>.py in this process; returns (exit code, stdout, stderr)."""
+    old = sys.argv
+    sys.argv = [tool] + argv
+    code = 0
+    capsys.readouterr()
+    try:
+        runpy.run_path(osp.join(ROOT, 'tools', f'{tool}.py'), run_name='__main__')
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def weights(path: str) -> dict:
+    from replk_mm.checkpoint import extract_state_dict, load_checkpoint_file
+    return extract_state_dict(load_checkpoint_file(path))
+
+
+def test_train_then_test_reports_miou(data_root, tmp_path, capsys):
+    work = str(tmp_path / 'work')
+    code, _, err = run_tool('train', [SEG_DEMO, '--work-dir', work, '--cfg-options',
+                                      *seg_options(data_root, 3, 3)], capsys)
+    assert code == 0, err
+    ckpt = osp.join(work, 'iter_3.pth')
+    assert osp.isfile(ckpt)
+    out_pkl, show = str(tmp_path / 'preds.pkl'), str(tmp_path / 'show')
+    code, out, err = run_tool('test', [
+        SEG_DEMO, ckpt, '--work-dir', work, '--out', out_pkl, '--show-dir', show,
+        '--cfg-options', *seg_options(data_root, 3, 3)], capsys)
+    assert code == 0, err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith('metrics: ') and 'mIoU=' in last and 'aAcc=' in last
+    assert osp.getsize(out_pkl) > 0
+    drawn = [f for _, _, files in os.walk(show) for f in files if f.endswith('.png')]
+    assert len(drawn) == 4
+
+
+def test_resume_after_kill_ends_with_the_same_weights(data_root, tmp_path):
+    opts = seg_options(data_root, 12, 2) + ['randomness.seed=0', 'randomness.deterministic=True']
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+    train = [PYTHON, osp.join(ROOT, 'tools', 'train.py'), SEG_DEMO, '--cfg-options', *opts]
+    full, killed = str(tmp_path / 'full'), str(tmp_path / 'killed')
+    subprocess.run(train + ['--work-dir', full], env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen(train + ['--work-dir', killed], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    marker = osp.join(killed, 'last_checkpoint')
+    while not osp.exists(marker) and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, 'the run finished before it could be killed'
+    assert not osp.exists(osp.join(killed, 'iter_12.pth'))
+
+    resumed = subprocess.run(train + ['--work-dir', killed, '--resume'], env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert 'resumed' in (resumed.stdout + resumed.stderr).lower()
+    a, b = weights(osp.join(full, 'iter_12.pth')), weights(osp.join(killed, 'iter_12.pth'))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_dist_train_two_cpu_processes(data_root, tmp_path):
+    work = str(tmp_path / 'dist')
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=PYTHON, PORT=str(free_port()))
+    proc = subprocess.run(
+        ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), SEG_DEMO, '2', '--work-dir', work,
+         '--cfg-options', *seg_options(data_root, 2, 2)],
+        env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log  # world size 2
+    assert osp.isfile(osp.join(work, 'iter_2.pth'))
+
+
+def last_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    return lines[-1] if lines else ''
+
+
+def test_missing_dataset_is_one_line_naming_the_fix(tmp_path, capsys):
+    missing = str(tmp_path / 'nowhere')
+    code, _, err = run_tool('train', [SEG_DEMO, '--work-dir', str(tmp_path), '--cfg-options',
+                                      f'train_dataloader.dataset.data_root={missing}'], capsys)
+    assert code == 1
+    line = last_line(err)
+    assert line.startswith('error: ') and missing in line
+    assert 'make_demo_data.py' in line and 'data_root' in line
+    assert 'Traceback' not in err
+
+
+def test_unknown_arch_is_one_line(data_root, tmp_path, capsys):
+    code, _, err = run_tool('train', [SEG_DEMO, '--work-dir', str(tmp_path), '--cfg-options',
+                                      *seg_options(data_root, 1, 1),
+                                      'model.backbone.arch=31X'], capsys)
+    assert code == 1
+    line = last_line(err)
+    assert line.startswith('error: ') and "'31X'" in line and '31B' in line
+    assert 'Traceback' not in err
+
+
+def test_checkpoint_of_another_model_is_one_line(data_root, tmp_path, capsys):
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    cfg = Config.fromfile(DET_DEMO)
+    init_default_scope('mmdet')
+    other = str(tmp_path / 'fcos.pth')
+    torch.save(dict(state_dict=MODELS.build(cfg.model).state_dict()), other)
+    code, _, err = run_tool('test', [SEG_DEMO, other, '--work-dir', str(tmp_path),
+                                     '--cfg-options', *seg_options(data_root, 1, 1)], capsys)
+    assert code == 1
+    line = last_line(err)
+    assert line.startswith('error: ') and other in line
+    assert 'decode_head.' in line and 'neck.' in line  # the keys, both ways
+    assert 'trained with this config' in line
