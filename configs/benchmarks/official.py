@@ -77,6 +77,16 @@ benchmarks = [
           'RepLKNet-XL_MegData73M_CascMaskRCNN_COCO.pth',
           {'coco/bbox_mAP': 0.555, 'coco/segm_mAP': 0.480}, 392e6, 1958e9, '1280x800',
           'README row: RepLKNet-XL | MegData73M | Cascade Mask RCNN | 3x'),
+    # UniRepLKNet-T downstream (file names of the authors' detection / segmentation READMEs; the
+    # S files are links only and their names are not given).
+    _down('upernet_unireplknet-t_ade20k', 'configs/upernet/upernet_unireplknet-t_ade20k.py',
+          'upernet_unireplknet_t_512_160k_ade20k_miou48.56.pth', {'mIoU': 48.6}, 61e6, 946e9,
+          '2048x512', 'UniRepLKNet README row: UniRepLKNet-T | 512x512 (ss)'),
+    _down('cascade-mask-rcnn_unireplknet-t_fpn_3x_coco',
+          'configs/cascade_mask_rcnn/cascade-mask-rcnn_unireplknet-t_fpn_3x_coco.py',
+          'casc_mask_rcnn_unireplknet_t_in1k_3x_coco_ap51.75.pth',
+          {'coco/bbox_mAP': 0.517, 'coco/segm_mAP': 0.449}, 89e6, 749e9, '1280x800',
+          'UniRepLKNet README row: UniRepLKNet-T | 1280x800'),
     # UniRepLKNet, ImageNet-1K (file names of the authors' unireplknet.py; their README's params
     # are the deploy form).
     _cls('unireplknet-a_in1k-224', 'configs/unireplknet/unireplknet-a_32xb128_in1k.py',

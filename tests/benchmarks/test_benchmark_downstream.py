@@ -177,7 +177,9 @@ def test_official_list_is_complete():
     tool = load_tool()
     entries = tool.load_entries(OFFICIAL_LIST)
     assert len(entries) >= 6
+    zoo = open(osp.join(ROOT, 'docs', 'model_zoo.md')).read()
     for entry in entries:
+        assert f'| {entry["name"]} |' in zoo, f'docs/model_zoo.md lacks {entry["name"]}'
         assert osp.isfile(osp.join(ROOT, entry['config'])), entry['config']
         assert entry['download'].endswith('.pth') and entry['checkpoint'].startswith('checkpoints/')
         assert entry['paper']['metrics'], entry['name']
