@@ -1,7 +1,7 @@
 # A short CPU schedule for the segmentation demo: AdamW, warm-up then poly decay, one evaluation
 # and one checkpoint at the end.
 _base_ = ['./seg_adamw_160k.py']
-optim_wrapper = dict(optimizer=dict(lr=2e-3))
+optim_wrapper = dict(optimizer=dict(lr=1e-3))
 max_iters = 300
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=30),
