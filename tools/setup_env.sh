@@ -87,7 +87,9 @@ if stamp_ok package "$key" && $PY -c 'import replk_mm' 2>/dev/null; then
   say "replk_mm: up to date"
 else
   say "installing replk_mm (editable, building its extension)"
-  $PIP install --no-build-isolation --no-deps -e .
+  # --use-pep517: pip 23 would otherwise run `setup.py develop`, which setuptools 80 turns into an
+  # isolated `pip install -e .` that cannot see torch.
+  $PIP install --no-build-isolation --no-deps --use-pep517 -e .
   stamp_set package "$key"
 fi
 say "ready: $($PY -c 'import torch, mmcv, mmengine, mmseg, mmdet, mmpretrain, replk_mm; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmengine {mmengine.__version__}, mmseg {mmseg.__version__}, mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}, replk_mm {replk_mm.__version__}")')"
