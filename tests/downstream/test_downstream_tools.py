@@ -166,11 +166,11 @@ def test_unknown_arch_is_one_line(data_root, tmp_path, capsys):
 
 def test_checkpoint_of_another_model_is_one_line(data_root, tmp_path, capsys):
     from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.registry import MODELS, DefaultScope
     cfg = Config.fromfile(DET_DEMO)
-    init_default_scope('mmdet')
     other = str(tmp_path / 'fcos.pth')
-    torch.save(dict(state_dict=MODELS.build(cfg.model).state_dict()), other)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        torch.save(dict(state_dict=MODELS.build(cfg.model).state_dict()), other)
     code, _, err = run_tool('test', [SEG_DEMO, other, '--work-dir', str(tmp_path),
                                      '--cfg-options', *seg_options(data_root, 1, 1)], capsys)
     assert code == 1
