@@ -90,6 +90,43 @@ def test_unknown_instruction_set_is_rejected(monkeypatch):
         dwconv_ext.dwconv2d(x, weight)
 
 
+DIRECT_ENV = 'REPLK_DWCONV_CPU_DIRECT_MAX_K'
+
+
+# The CPU forward (and grad input) has three schemes: packed tiles of VL channels, and for small
+# kernels direct channels_last rows (C a multiple of VL) and direct NCHW planes. DIRECT_ENV=15
+# sends every K <= 15 to the direct ones, 0 turns them off: both must agree with F.conv2d on every
+# instruction set, for shapes whose borders, partial vectors and small images hit every branch.
+@pytest.mark.parametrize('direct_max_k', ['0', '15'], ids=['packed', 'direct'])
+@pytest.mark.parametrize('isa', ['generic', 'avx2', 'avx512'])
+def test_every_forward_scheme(isa, direct_max_k, monkeypatch):
+    if isa not in _cpu_isas():
+        pytest.skip(f'this CPU has no {isa}')
+    monkeypatch.setenv(ISA_ENV, isa)
+    monkeypatch.setenv(DIRECT_ENV, direct_max_k)
+    for k in (1, 3, 5, 7, 15):
+        for shape, channels_last in (((2, 32, 9, 14), True), ((1, 48, 12, 35), False),
+                                     ((1, 48, 12, 35), True), ((1, 16, 3, 5), True),
+                                     ((2, 16, 17, 8), False), ((1, 32, 6, 33), False)):
+            x, weight, bias, grad_out = _inputs(shape, k, channels_last, seed=k)
+            _assert_matches(_run(dwconv_ext.dwconv2d, x, weight, bias, grad_out),
+                            _run(_reference, x, weight, bias, grad_out), k)
+        # views whose rows (NCHW) or channels (channels_last) are still contiguous
+        base = torch.randn(1, 32, 14, 20)
+        for x in (base[:, :, 1:-2, 3:-1], base.to(memory_format=torch.channels_last)[:, :, 2:, :-3]):
+            weight, bias = torch.randn(32, 1, k, k), torch.randn(32)
+            grad_out = torch.randn(x.shape)
+            _assert_matches(_run(dwconv_ext.dwconv2d, x, weight, bias, grad_out),
+                            _run(_reference, x, weight, bias, grad_out), k)
+
+
+def test_bad_direct_path_setting_is_rejected(monkeypatch):
+    monkeypatch.setenv(DIRECT_ENV, '99')
+    x, weight, _, _ = _inputs((1, 16, 5, 5), 3)
+    with pytest.raises(RuntimeError, match='REPLK_DWCONV_CPU_DIRECT_MAX_K must be an integer'):
+        dwconv_ext.dwconv2d(x, weight)
+
+
 def test_non_contiguous_inputs():
     k = 7
     base = torch.randn(2, 40, 13, 30)

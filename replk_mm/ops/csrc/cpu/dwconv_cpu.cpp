@@ -52,6 +52,19 @@ std::string cpu_isa() {
   return want;
 }
 
+// REPLK_DWCONV_CPU_DIRECT_MAX_K overrides the largest kernel size of both direct forward paths
+// (0 turns them off; tests use it to run every path on one machine); each path still takes only
+// the sizes it implements (`limit`).
+int direct_max_k(int tuned, int limit) {
+  const char* env = std::getenv("REPLK_DWCONV_CPU_DIRECT_MAX_K");
+  if (env == nullptr || *env == '\0') return tuned;
+  char* end = nullptr;
+  const long v = std::strtol(env, &end, 10);
+  TORCH_CHECK(*end == '\0' && v >= 0 && v <= kRowsMaxK, "REPLK_DWCONV_CPU_DIRECT_MAX_K must be an integer in [0, ",
+              kRowsMaxK, "], got '", env, "'");
+  return std::min(static_cast<int>(v), limit);
+}
+
 template <typename T>
 Kernels<T> select_kernels();
 template <>
@@ -93,17 +106,48 @@ at::Tensor packed_weight(const Kernels<T>& k, const at::Tensor& weight, bool fli
   return out.narrow(0, shift, blocks * K * k.padded_taps(K) * k.vl);
 }
 
+// y = x (*) weight (+ bias), or with the kernel rotated by 180 degrees (flip: the input gradient).
+// Three schemes: small kernels on channels_last (channels contiguous, whole channel blocks) run
+// directly row by row; small kernels on rows contiguous (NCHW) run directly plane by plane; the
+// rest packs tiles of VL channels x one image (any strides).
 template <typename T>
 void conv_impl(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                bool flip, at::Tensor& y) {
   const Kernels<T> k = select_kernels<T>();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = weight.size(2);
   const int64_t blocks = (C + k.vl - 1) / k.vl, kpad = k.padded_taps(K);
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  if (K <= direct_max_k(k.rows_max_k, kRowsMaxK) && x.stride(1) == 1 && y.stride(1) == 1 && C % k.vl == 0) {
+    const at::Tensor wp = packed_weight<T>(k, weight, flip);
+    const at::Tensor bp = bias.has_value() ? bias->contiguous() : at::Tensor();
+    at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / H;
+        k.conv_row_cl({xp + n * x.stride(0), x.stride(2), x.stride(3), yp + n * y.stride(0), y.stride(2),
+                       y.stride(3), wp.data_ptr<T>(), bias.has_value() ? bp.data_ptr<T>() : nullptr, blocks, H, W,
+                       K, item % H});
+      }
+    });
+    return;
+  }
+  if (K <= direct_max_k(k.planes_max_k, kPlanesMaxK) && x.stride(3) == 1 && y.stride(3) == 1 && 2 * W >= k.vl) {
+    const at::Tensor wf = (flip ? weight.flip({2, 3}) : weight).contiguous();
+    const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+    const T* wfp = wf.data_ptr<T>();
+    const T* bcp = bias.has_value() ? bc.data_ptr<T>() : nullptr;
+    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / C, c = item % C;
+        k.conv_plane({xp + n * x.stride(0) + c * x.stride(1), x.stride(2), yp + n * y.stride(0) + c * y.stride(1),
+                      y.stride(2), wfp + c * K * K, bcp ? bcp[c] : T(0), H, W, K});
+      }
+    });
+    return;
+  }
   const at::Tensor wp = packed_weight<T>(k, weight, flip);
   at::Tensor bp;
   if (bias.has_value()) bp = at::constant_pad_nd(bias->contiguous(), {0, blocks * k.vl - C});
-  const T* xp = x.data_ptr<T>();
-  T* yp = y.data_ptr<T>();
   const int64_t scratch = k.scratch_elems(H, W, K);
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     Buffer<T> buf = make_buffer<T>(scratch);

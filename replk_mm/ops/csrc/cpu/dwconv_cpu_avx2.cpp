@@ -37,6 +37,16 @@ struct Avx2 {
   static V zero() { return _mm256_setzero_ps(); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V set1(T v) { return _mm256_set1_ps(v); }
+  using M = __m256i;
+  // lanes [lo, hi) of a vector (sign bit set), 0 <= lo, hi <= 8
+  static M range_mask(int lo, int hi) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(lo - 1)),
+                            _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lane));
+  }
+  static V maskz_loadu(M m, const T* p) { return _mm256_maskload_ps(p, m); }
+  static void mask_storeu(T* p, M m, V v) { _mm256_maskstore_ps(p, m, v); }
   static void transpose_in(const T* in, int64_t sc, int64_t W, T* out) {
     int64_t w = 0;
     for (; w + 8 <= W; w += 8) {
@@ -64,5 +74,5 @@ struct Avx2 {
 }  // namespace
 
 namespace replk::cpu {
-Kernels<float> kernels_avx2_f32() { return make_kernels<Avx2>("avx2"); }
+Kernels<float> kernels_avx2_f32() { return make_kernels<Avx2>("avx2", 3, 0); }
 }  // namespace replk::cpu

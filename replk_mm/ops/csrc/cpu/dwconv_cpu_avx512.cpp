@@ -51,6 +51,14 @@ struct Avx512 {
   static V zero() { return _mm512_setzero_ps(); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V set1(T v) { return _mm512_set1_ps(v); }
+  using M = __mmask16;
+  // lanes [lo, hi) of a vector, 0 <= lo, hi <= 16
+  static M range_mask(int lo, int hi) {
+    return hi <= lo ? M(0) : static_cast<M>(((1u << hi) - 1) & ~((1u << lo) - 1));
+  }
+  static V maskz_loadu(M m, const T* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static void mask_storeu(T* p, M m, V v) { _mm512_mask_storeu_ps(p, m, v); }
   // out[w][16] = in[c * sc + w] for 16 channels c and W columns
   static void transpose_in(const T* in, int64_t sc, int64_t W, T* out) {
     int64_t w = 0;
@@ -107,7 +115,7 @@ int64_t scratch_elems_any(int64_t H, int64_t W, int64_t K) {
 namespace replk::cpu {
 Kernels<float> kernels_avx512_f32() {
   // VL, the tap chunks and the weight packing do not depend on the block width
-  return {"avx512", 16, &padded_taps<Avx512<8>>, &scratch_elems_any, &pack_weight<Avx512<8>>,
-          &conv_tile_any, &grad_weight_tile_any};
+  return {"avx512",      16, &padded_taps<Avx512<8>>, &scratch_elems_any, &pack_weight<Avx512<8>>, &conv_tile_any,
+          &grad_weight_tile_any, 5, 5, &conv_row_cl<Avx512<8>>, &conv_plane<Avx512<8>>};
 }
 }  // namespace replk::cpu

@@ -32,6 +32,32 @@ struct GradWeightTile {
   int64_t H, W, K;
 };
 
+// Direct forward of one output row h of one image whose channels are contiguous (channels_last),
+// all C = blocks * VL channels; pointers point at (n, 0, 0, 0), strides in elements.
+template <typename T>
+struct ConvRowCL {
+  const T* x;
+  int64_t xsh, xsw;
+  T* y;
+  int64_t ysh, ysw;
+  const T* wpack;  // packed weights of all channel blocks: [blocks][K][kpad][VL]
+  const T* bias;   // blocks * VL values, or nullptr
+  int64_t blocks;
+  int64_t H, W, K, h;
+};
+
+// Direct forward of one channel plane whose rows are contiguous (NCHW); pointers at (n, c, 0, 0).
+template <typename T>
+struct ConvPlane {
+  const T* x;
+  int64_t xsh;
+  T* y;
+  int64_t ysh;
+  const T* w;  // this channel's K x K taps, row-major
+  T bias;
+  int64_t H, W, K;
+};
+
 template <typename T>
 struct Kernels {
   const char* name;
@@ -42,7 +68,18 @@ struct Kernels {
   void (*pack_weight)(const T* w, int64_t C, int64_t K, bool flip, T* out);
   void (*conv_tile)(const ConvTile<T>& a, T* scratch);
   void (*grad_weight_tile)(const GradWeightTile<T>& a, T* scratch);
+  // Small kernels skip the packing, whose memory traffic would cost more than their arithmetic:
+  // channels_last rows (vectors along C) up to K = rows_max_k and NCHW planes (vectors along W) up
+  // to K = planes_max_k (0: never; measured per instruction set, see docs/ops.md).
+  int rows_max_k, planes_max_k;
+  void (*conv_row_cl)(const ConvRowCL<T>& a);
+  void (*conv_plane)(const ConvPlane<T>& a);
 };
+
+// The largest kernels the direct paths implement (rows: any K up to kRowsMaxK; planes: K = 1, 3, 5,
+// compile-time, so that the K x K taps stay in registers).
+constexpr int kRowsMaxK = 15;
+constexpr int kPlanesMaxK = 5;
 
 Kernels<float> kernels_avx512_f32();
 Kernels<float> kernels_avx2_f32();

@@ -13,6 +13,10 @@
 // while TJ weight vectors (taps j0..j0+TJ-1 of row i) are held in registers and the WB+TJ-1 inputs
 // they need are streamed: WB*TJ FMAs per WB+2*TJ-1 loads. Weight gradient: the same with the TJ tap
 // accumulators in registers and WB output-gradient vectors held.
+// Small kernels (K <= Kernels::rows_max_k / planes_max_k) are memory-bound, and the packing copy
+// would cost more than their arithmetic; their forward (and input gradient) skips it: channels_last
+// rows read the channel vectors straight from the tensor (conv_row_cl_impl), NCHW planes vectorise
+// along W with the taps broadcast in registers and masked loads at the borders (conv_plane_impl).
 #pragma once
 
 #include <cstdint>
@@ -76,7 +80,10 @@ void pack_rows(const typename O::T* src, int64_t sc, int64_t sh, int64_t sw, int
     T* out = row + col0 * VL;
     const T* in = src + h * sh;
     if (sc == 1 && nc == VL) {  // channels_last: one vector per pixel
-      for (int64_t w = 0; w < W; ++w) O::store(out + w * VL, O::loadu(in + w * sw));
+      for (int64_t w = 0; w < W; ++w) {
+        __builtin_prefetch(in + sh + w * sw);  // the next row's pixel (strided rows defeat the hardware)
+        O::store(out + w * VL, O::loadu(in + w * sw));
+      }
     } else if (sw == 1 && nc == VL) {  // NCHW: transpose VL rows of W
       O::transpose_in(in, sc, W, out);
     } else {
@@ -101,28 +108,40 @@ void unpack_row(const typename O::T* src, int nc, int64_t W, typename O::T* dst,
   }
 }
 
+// acc[q] += sum over t < TJ of wv[t] * x[q + t] for the WB outputs q of a block, where x[d] is the
+// input vector at xb + d * stride (VL in a packed tile, the pixel stride in a channels_last tensor);
+// only d in [d_begin, d_end) is read (the others are zero padding).
+template <class O, int TJ>
+inline __attribute__((always_inline)) void fma_chunk(const typename O::T* xb, int64_t stride,
+                                                     const typename O::V* wv, typename O::V* acc,
+                                                     int d_begin = 0, int d_end = O::WB + TJ - 1) {
+  using V = typename O::V;
+  constexpr int WB = O::WB;
+#pragma GCC unroll 32
+  for (int d = 0; d < WB + TJ - 1; ++d) {
+    if (d < d_begin || d >= d_end) continue;
+    const V xv = O::loadu(xb + d * stride);
+#pragma GCC unroll 16
+    for (int t = 0; t < TJ; ++t) {
+      const int q = d - t;
+      if (q >= 0 && q < WB) acc[q] = O::fma(wv[t], xv, acc[q]);
+    }
+  }
+}
+
 // acc[WB] (outputs w0..w0+WB-1) += taps of one kernel row (wr[kpad][VL]) applied to one scratch
 // input row xr[WS][VL].
 template <class O, int TJ>
 inline __attribute__((always_inline)) void conv_block(const typename O::T* xr, const typename O::T* wr,
                                                       typename O::V* acc, int64_t w0, const TileGeom& g) {
   using V = typename O::V;
-  constexpr int VL = O::VL, WB = O::WB;
+  constexpr int VL = O::VL;
   for (int j0 = 0; j0 < g.kpad; j0 += TJ) {
-    if (!chunk_useful<WB, TJ>(w0, j0, g)) continue;
+    if (!chunk_useful<O::WB, TJ>(w0, j0, g)) continue;
     V wv[TJ];
 #pragma GCC unroll 16
     for (int t = 0; t < TJ; ++t) wv[t] = O::load(wr + (j0 + t) * VL);
-    const auto* xb = xr + (w0 + j0) * VL;
-#pragma GCC unroll 32
-    for (int d = 0; d < WB + TJ - 1; ++d) {
-      const V xv = O::load(xb + d * VL);
-#pragma GCC unroll 16
-      for (int t = 0; t < TJ; ++t) {
-        const int q = d - t;
-        if (q >= 0 && q < WB) acc[q] = O::fma(wv[t], xv, acc[q]);
-      }
-    }
+    fma_chunk<O, TJ>(xr + (w0 + j0) * VL, VL, wv, acc);
   }
 }
 
@@ -255,6 +274,106 @@ void grad_weight_tile_impl(const replk::cpu::GradWeightTile<typename O::T>& a, c
   }
 }
 
+// Direct channels_last forward of one output row (all channel blocks, small K): input vectors are
+// read from the tensor itself, so no packing copy is made. At the image borders the input vectors
+// outside the image are not read (their taps are skipped).
+template <class O, int TJ>
+void conv_row_cl_impl(const replk::cpu::ConvRowCL<typename O::T>& a) {
+  using T = typename O::T;
+  using V = typename O::V;
+  constexpr int VL = O::VL, WB = O::WB;
+  const int64_t K = a.K, pad = replk::dw_pad(K);
+  const int kpad = replk::dw_padded_taps(static_cast<int>(K), O::TJMAX);
+  const int64_t i0 = replk::dw_tap_begin(a.h, K), i1 = replk::dw_tap_end(a.h, a.H, K);
+  T* yr = a.y + a.h * a.ysh;
+  for (int64_t cb = 0; cb < a.blocks; ++cb) {
+    const T* xc = a.x + cb * VL;
+    const T* wc = a.wpack + cb * K * kpad * VL;
+    const V init = a.bias ? O::loadu(a.bias + cb * VL) : O::zero();
+    // Pixels C floats apart defeat the hardware prefetchers: fetch the input row the next output
+    // row reads first (into L2) and this row's inputs of the next channel block (into L1).
+    if (a.h + pad + 1 < a.H)
+      for (int64_t w = 0; w < a.W; ++w) __builtin_prefetch(xc + (a.h + pad + 1) * a.xsh + w * a.xsw, 0, 2);
+    if (cb + 1 < a.blocks)
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t w = 0; w < a.W; ++w) __builtin_prefetch(xc + VL + (a.h + i - pad) * a.xsh + w * a.xsw);
+    for (int64_t w0 = 0; w0 < a.W; w0 += WB) {
+      V acc[WB];
+#pragma GCC unroll 16
+      for (int q = 0; q < WB; ++q) acc[q] = init;
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* xr = xc + (a.h + i - pad) * a.xsh;
+        const T* wr = wc + i * kpad * VL;
+        for (int j0 = 0; j0 < kpad; j0 += TJ) {
+          const int64_t col = w0 + j0 - pad;  // input column of x[d = 0]
+          const int d_begin = static_cast<int>(imax<int64_t>(0, -col));
+          const int d_end = static_cast<int>(imin<int64_t>(WB + TJ - 1, a.W - col));
+          if (d_begin >= d_end) continue;
+          V wv[TJ];
+#pragma GCC unroll 16
+          for (int t = 0; t < TJ; ++t) wv[t] = O::load(wr + (j0 + t) * VL);
+          fma_chunk<O, TJ>(xr + col * a.xsw, a.xsw, wv, acc, d_begin, d_end);
+        }
+      }
+      const int64_t nq = imin<int64_t>(WB, a.W - w0);
+      for (int64_t q = 0; q < nq; ++q) O::storeu(yr + (w0 + q) * a.ysw + cb * VL, acc[q]);
+    }
+  }
+}
+
+// Direct NCHW forward of one channel plane (small K, compile-time): vectors of VL outputs along a
+// row, the K x K taps broadcast once into registers, masked loads at the image borders. RB output
+// rows at a time share every input vector they read (one load feeds up to RB FMAs) and give RB
+// independent accumulation chains.
+template <class O, int K>
+void conv_plane_impl(const replk::cpu::ConvPlane<typename O::T>& a) {
+  using T = typename O::T;
+  using V = typename O::V;
+  using M = typename O::M;
+  constexpr int VL = O::VL, RB = 4, pad = K / 2;
+  V wv[K * K];
+#pragma GCC unroll 32
+  for (int t = 0; t < K * K; ++t) wv[t] = O::set1(a.w[t]);
+  const V init = O::set1(a.bias);
+  M masks[K];
+  bool full[K];  // masked loads and stores are slow on some CPUs: used at the borders only
+  for (int64_t w0 = 0; w0 < a.W; w0 += VL) {
+    for (int j = 0; j < K; ++j) {  // lanes whose input column w0 + lane + j - pad is inside
+      const int64_t col = w0 + j - pad;
+      const int lo = static_cast<int>(imin<int64_t>(VL, imax<int64_t>(0, -col)));
+      const int hi = static_cast<int>(imax<int64_t>(0, imin<int64_t>(VL, a.W - col)));
+      masks[j] = O::range_mask(lo, hi);
+      full[j] = lo == 0 && hi == VL;
+    }
+    const int out_lanes = static_cast<int>(imin<int64_t>(VL, a.W - w0));
+    const M out_mask = O::range_mask(0, out_lanes);
+    for (int64_t h0 = 0; h0 < a.H; h0 += RB) {
+      V acc[RB];
+#pragma GCC unroll 8
+      for (int r = 0; r < RB; ++r) acc[r] = init;
+#pragma GCC unroll 16
+      for (int dr = 0; dr < RB + K - 1; ++dr) {  // input row h0 - pad + dr
+        const int64_t row = h0 - pad + dr;
+        if (row < 0 || row >= a.H) continue;
+        const T* xr = a.x + row * a.xsh + w0 - pad;
+#pragma GCC unroll 16
+        for (int j = 0; j < K; ++j) {
+          const V xv = full[j] ? O::loadu(xr + j) : O::maskz_loadu(masks[j], xr + j);
+#pragma GCC unroll 8
+          for (int r = 0; r < RB; ++r) {
+            const int i = dr - r;  // tap row of output row h0 + r
+            if (i >= 0 && i < K) acc[r] = O::fma(wv[i * K + j], xv, acc[r]);
+          }
+        }
+      }
+      for (int r = 0; r < RB && h0 + r < a.H; ++r) {
+        T* yp = a.y + (h0 + r) * a.ysh + w0;
+        out_lanes == VL ? O::storeu(yp, acc[r]) : O::mask_storeu(yp, out_mask, acc[r]);
+      }
+    }
+  }
+}
+
 // Runtime tap-chunk width -> compile-time instantiation.
 template <class O, template <class, int> class F, typename... A>
 void with_tj(int tj, A&&... args) {
@@ -275,6 +394,11 @@ template <class O, int TJ>
 struct ConvTileF {
   template <typename... A>
   static void run(A&&... args) { conv_tile_impl<O, TJ>(args...); }
+};
+template <class O, int TJ>
+struct ConvRowCLF {
+  template <typename... A>
+  static void run(A&&... args) { conv_row_cl_impl<O, TJ>(args...); }
 };
 template <class O, int TJ>
 struct GradWeightTileF {
@@ -323,9 +447,24 @@ void grad_weight_tile(const replk::cpu::GradWeightTile<typename O::T>& a, typena
 }
 
 template <class O>
-replk::cpu::Kernels<typename O::T> make_kernels(const char* name) {
+void conv_row_cl(const replk::cpu::ConvRowCL<typename O::T>& a) {
+  with_tj<O, ConvRowCLF>(replk::dw_chunk_taps(static_cast<int>(a.K), O::TJMAX), a);
+}
+
+template <class O>
+void conv_plane(const replk::cpu::ConvPlane<typename O::T>& a) {
+  static_assert(replk::cpu::kPlanesMaxK == 5, "conv_plane instantiates K = 1, 3, 5");
+  switch (a.K) {
+    case 1: conv_plane_impl<O, 1>(a); break;
+    case 3: conv_plane_impl<O, 3>(a); break;
+    default: conv_plane_impl<O, 5>(a); break;
+  }
+}
+
+template <class O>
+replk::cpu::Kernels<typename O::T> make_kernels(const char* name, int rows_max_k, int planes_max_k) {
   return {name, O::VL, &padded_taps<O>, &scratch_elems<O>, &pack_weight<O>, &conv_tile<O>,
-          &grad_weight_tile<O>};
+          &grad_weight_tile<O>, rows_max_k, planes_max_k, &conv_row_cl<O>, &conv_plane<O>};
 }
 
 }  // namespace
