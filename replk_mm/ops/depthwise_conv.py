@@ -248,6 +248,11 @@ def depthwise_conv2d(x: torch.Tensor,
         ``(N, C, H, W)`` in the memory format of ``x``.
     """
     _check_inputs(x, weight, bias)
+    if x.device.type in ('cpu', 'cuda') and torch.is_autocast_enabled(x.device.type):
+        # what F.conv2d does under autocast, so that every candidate sees one dtype
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
     return _IMPL_FNS[_select_impl(x, weight, bias)](x, weight, bias)
 
 

@@ -17,7 +17,7 @@ try:
 except ImportError as e:  # the package is usable without its extension (PyTorch fallback)
     _LOAD_ERROR = e
 
-_CPU_DTYPES = (torch.float32, torch.float64)
+_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 _CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 

@@ -57,6 +57,25 @@ def test_every_path_equals_conv2d(impl, kernel, channels_last):
         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def test_autocast_gives_every_path_one_dtype():
+    # under autocast F.conv2d casts input and weight to the autocast dtype; so does the dispatcher,
+    # so that the extension (which wants one dtype) runs and every path agrees
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 10, 12, requires_grad=True)
+    weight = torch.randn(16, 1, 7, 7, requires_grad=True)
+    bias = torch.randn(16, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        expected = reference(x, weight, bias)
+    assert expected.dtype == torch.bfloat16
+    for impl in available_dw_impls(x.bfloat16()):
+        with use_dw_impl(impl), torch.autocast('cpu', dtype=torch.bfloat16):
+            out = depthwise_conv2d(x, weight, bias)
+        assert out.dtype == torch.bfloat16, impl
+        torch.testing.assert_close(out.float(), expected.float(), rtol=2e-2, atol=0.1, msg=impl)
+        grad_x, grad_w = torch.autograd.grad(out.float().sum(), (x, weight))
+        assert grad_x.dtype == grad_w.dtype == torch.float32, impl
+
+
 def test_choice_is_measured_once_per_key_and_cached(monkeypatch):
     measured = []
     real = dw._time_candidates

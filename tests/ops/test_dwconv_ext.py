@@ -138,6 +138,27 @@ def test_non_contiguous_inputs():
                         _run(_reference, x, weight, bias, grad_out), k)
 
 
+@pytest.mark.parametrize('isa', ['generic', 'avx2', 'avx512'])
+def test_bfloat16_is_computed_in_float32(isa, monkeypatch):
+    # bfloat16 tensors are widened while packing, computed in float32 and rounded once on output:
+    # the result is float32 arithmetic on the same (rounded) values, to bfloat16's precision.
+    if isa not in _cpu_isas():
+        pytest.skip(f'this CPU has no {isa}')
+    monkeypatch.setenv(ISA_ENV, isa)
+    names = ('output', 'grad_input', 'grad_weight', 'grad_bias')
+    for k, shape, channels_last in ((3, (2, 32, 9, 14), True), (13, (1, 19, 12, 35), False),
+                                    (5, (2, 32, 7, 37), False), (31, (1, 16, 20, 18), True)):
+        x, weight, bias, grad_out = (t.bfloat16() for t in _inputs(shape, k, channels_last))
+        ours = _run(dwconv_ext.dwconv2d, x, weight, bias, grad_out)
+        ref = _run(_reference, *(t.float() for t in (x, weight, bias, grad_out)))
+        for name, a, r in zip(names, ours, ref):
+            assert a.dtype == torch.bfloat16, name
+            torch.testing.assert_close(a.float(), r, rtol=2 ** -7, atol=2 ** -7 * r.abs().max().item(),
+                                       msg=f'{name} differs (K={k})')
+        assert ours[0].is_contiguous(memory_format=torch.channels_last
+                                     if channels_last else torch.contiguous_format)
+
+
 def test_gradcheck_float64():
     for shape, k in (((2, 3, 5, 4), 5), ((1, 5, 3, 6), 7)):
         x, weight, bias, _ = _inputs(shape, k, dtype=torch.float64)
@@ -198,7 +219,7 @@ def test_bad_inputs_name_the_fix():
     # the C++ checks guard the raw ops too
     with pytest.raises(RuntimeError, match='odd size'):
         torch.ops.replk_mm.dwconv2d_forward(x, torch.randn(4, 1, 2, 2), None)
-    with pytest.raises(RuntimeError, match='float32 and float64'):
+    with pytest.raises(RuntimeError, match='float32, float64 and bfloat16'):
         torch.ops.replk_mm.dwconv2d_backward_input(x.half(), weight.half())
     with pytest.raises(RuntimeError, match='same shape'):
         torch.ops.replk_mm.dwconv2d_backward_weight(x, x[:, :2], 3, True)

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "dwconv_checks.h"
@@ -84,8 +85,8 @@ Kernels<double> select_kernels<double>() {
 void check_cpu(const at::Tensor& t, const char* name, const char* op) {
   TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " is on ", t.device(),
               "; this is the CPU kernel (the CUDA kernels are registered for CUDA tensors)");
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
-              ": the CPU kernels support float32 and float64, got ", t.scalar_type(),
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble || t.scalar_type() == at::kBFloat16,
+              op, ": the CPU kernels support float32, float64 and bfloat16, got ", t.scalar_type(),
               "; cast with .float()");
 }
 
@@ -93,7 +94,26 @@ at::Tensor empty_like_format(const at::Tensor& t) {
   return at::empty(t.sizes(), t.options().memory_format(t.suggest_memory_format()));
 }
 
-// weight (C, 1, K, K) -> packed [ceil(C/VL)][K][kpad][VL]
+// The kernels' compute type for a tensor type S: S itself, float32 for bfloat16.
+template <typename S>
+using ComputeT = std::conditional_t<std::is_same_v<S, bf16_bits>, float, S>;
+
+template <typename S>
+constexpr at::ScalarType compute_dtype() {
+  return std::is_same_v<ComputeT<S>, double> ? at::kDouble : at::kFloat;
+}
+
+// Calls f with S = the tensors' element type (bf16_bits for bfloat16).
+template <class F>
+void dispatch_dtype(at::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case at::kFloat: f(float{}); break;
+    case at::kDouble: f(double{}); break;
+    default: f(bf16_bits{}); break;  // check_cpu let only bfloat16 through
+  }
+}
+
+// weight (C, 1, K, K), in the compute type -> packed [ceil(C/VL)][K][kpad][VL]
 template <typename T>
 at::Tensor packed_weight(const Kernels<T>& k, const at::Tensor& weight, bool flip) {
   const at::Tensor w = weight.contiguous();
@@ -110,55 +130,65 @@ at::Tensor packed_weight(const Kernels<T>& k, const at::Tensor& weight, bool fli
 // Three schemes: small kernels on channels_last (channels contiguous, whole channel blocks) run
 // directly row by row; small kernels on rows contiguous (NCHW) run directly plane by plane; the
 // rest packs tiles of VL channels x one image (any strides).
-template <typename T>
+template <typename S>
 void conv_impl(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                bool flip, at::Tensor& y) {
+  using T = ComputeT<S>;
+  constexpr bool same = std::is_same_v<S, T>;
   const Kernels<T> k = select_kernels<T>();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = weight.size(2);
   const int64_t blocks = (C + k.vl - 1) / k.vl, kpad = k.padded_taps(K);
-  const T* xp = x.data_ptr<T>();
-  T* yp = y.data_ptr<T>();
-  if (K <= direct_max_k(k.rows_max_k, kRowsMaxK) && x.stride(1) == 1 && y.stride(1) == 1 && C % k.vl == 0) {
-    const at::Tensor wp = packed_weight<T>(k, weight, flip);
-    const at::Tensor bp = bias.has_value() ? bias->contiguous() : at::Tensor();
-    at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t n = item / H;
-        k.conv_row_cl({xp + n * x.stride(0), x.stride(2), x.stride(3), yp + n * y.stride(0), y.stride(2),
-                       y.stride(3), wp.data_ptr<T>(), bias.has_value() ? bp.data_ptr<T>() : nullptr, blocks, H, W,
-                       K, item % H});
-      }
-    });
-    return;
+  const at::Tensor wt = weight.to(compute_dtype<S>());
+  const std::optional<at::Tensor> bt = bias.has_value() ? std::optional<at::Tensor>(bias->to(compute_dtype<S>())) : std::nullopt;
+  const S* xp = static_cast<const S*>(x.const_data_ptr());
+  S* yp = static_cast<S*>(y.data_ptr());
+  if constexpr (same) {
+    if (K <= direct_max_k(k.rows_max_k, kRowsMaxK) && x.stride(1) == 1 && y.stride(1) == 1 && C % k.vl == 0) {
+      const at::Tensor wp = packed_weight<T>(k, wt, flip);
+      const at::Tensor bp = bt.has_value() ? bt->contiguous() : at::Tensor();
+      at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t n = item / H;
+          k.conv_row_cl({xp + n * x.stride(0), x.stride(2), x.stride(3), yp + n * y.stride(0), y.stride(2),
+                         y.stride(3), wp.data_ptr<T>(), bt.has_value() ? bp.data_ptr<T>() : nullptr, blocks, H,
+                         W, K, item % H});
+        }
+      });
+      return;
+    }
+    if (K <= direct_max_k(k.planes_max_k, kPlanesMaxK) && x.stride(3) == 1 && y.stride(3) == 1 && 2 * W >= k.vl) {
+      const at::Tensor wf = (flip ? wt.flip({2, 3}) : wt).contiguous();
+      const at::Tensor bc = bt.has_value() ? bt->contiguous() : at::Tensor();
+      const T* wfp = wf.data_ptr<T>();
+      const T* bcp = bt.has_value() ? bc.data_ptr<T>() : nullptr;
+      at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t n = item / C, c = item % C;
+          k.conv_plane({xp + n * x.stride(0) + c * x.stride(1), x.stride(2), yp + n * y.stride(0) + c * y.stride(1),
+                        y.stride(2), wfp + c * K * K, bcp ? bcp[c] : T(0), H, W, K});
+        }
+      });
+      return;
+    }
   }
-  if (K <= direct_max_k(k.planes_max_k, kPlanesMaxK) && x.stride(3) == 1 && y.stride(3) == 1 && 2 * W >= k.vl) {
-    const at::Tensor wf = (flip ? weight.flip({2, 3}) : weight).contiguous();
-    const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
-    const T* wfp = wf.data_ptr<T>();
-    const T* bcp = bias.has_value() ? bc.data_ptr<T>() : nullptr;
-    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t n = item / C, c = item % C;
-        k.conv_plane({xp + n * x.stride(0) + c * x.stride(1), x.stride(2), yp + n * y.stride(0) + c * y.stride(1),
-                      y.stride(2), wfp + c * K * K, bcp ? bcp[c] : T(0), H, W, K});
-      }
-    });
-    return;
-  }
-  const at::Tensor wp = packed_weight<T>(k, weight, flip);
+  const at::Tensor wp = packed_weight<T>(k, wt, flip);
   at::Tensor bp;
-  if (bias.has_value()) bp = at::constant_pad_nd(bias->contiguous(), {0, blocks * k.vl - C});
+  if (bt.has_value()) bp = at::constant_pad_nd(bt->contiguous(), {0, blocks * k.vl - C});
   const int64_t scratch = k.scratch_elems(H, W, K);
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     Buffer<T> buf = make_buffer<T>(scratch);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / blocks, b = item % blocks, c0 = b * k.vl;
-      ConvTile<T> a{xp + n * x.stride(0) + c0 * x.stride(1), x.stride(1), x.stride(2), x.stride(3),
-                    yp + n * y.stride(0) + c0 * y.stride(1), y.stride(1), y.stride(2), y.stride(3),
-                    wp.data_ptr<T>() + b * K * kpad * k.vl,
-                    bias.has_value() ? bp.data_ptr<T>() + c0 : nullptr,
-                    static_cast<int>(std::min<int64_t>(k.vl, C - c0)), H, W, K};
-      k.conv_tile(a, buf.get());
+      ConvTile<S, T> a{xp + n * x.stride(0) + c0 * x.stride(1), x.stride(1), x.stride(2), x.stride(3),
+                       yp + n * y.stride(0) + c0 * y.stride(1), y.stride(1), y.stride(2), y.stride(3),
+                       wp.data_ptr<T>() + b * K * kpad * k.vl,
+                       bt.has_value() ? bp.data_ptr<T>() + c0 : nullptr,
+                       static_cast<int>(std::min<int64_t>(k.vl, C - c0)), H, W, K};
+      if constexpr (same) {
+        k.conv_tile(a, buf.get());
+      } else {
+        k.conv_tile_bf16(a, buf.get());
+      }
     }
   });
 }
@@ -169,9 +199,7 @@ at::Tensor forward_cpu(const at::Tensor& x, const at::Tensor& weight, const std:
   check_cpu(x, "x", op);
   at::Tensor y = empty_like_format(x);
   if (x.numel() == 0) return y;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_forward", [&] {
-    conv_impl<scalar_t>(x, weight, bias, false, y);
-  });
+  dispatch_dtype(x.scalar_type(), [&](auto s) { conv_impl<decltype(s)>(x, weight, bias, false, y); });
   return y;
 }
 
@@ -180,15 +208,15 @@ at::Tensor backward_input_cpu(const at::Tensor& grad_out, const at::Tensor& weig
   check_cpu(grad_out, "grad_out", "replk_mm::dwconv2d_backward_input");
   at::Tensor gx = empty_like_format(grad_out);
   if (grad_out.numel() == 0) return gx;
-  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "dwconv2d_backward_input", [&] {
-    conv_impl<scalar_t>(grad_out, weight, std::nullopt, true, gx);
-  });
+  dispatch_dtype(grad_out.scalar_type(), [&](auto s) { conv_impl<decltype(s)>(grad_out, weight, std::nullopt, true, gx); });
   return gx;
 }
 
-template <typename T>
+// gw, gb: in the compute type (the caller casts them to the tensors' type).
+template <typename S>
 void grad_weight_impl(const at::Tensor& gy, const at::Tensor& x, int64_t K, bool with_bias,
                       at::Tensor& gw, at::Tensor& gb) {
+  using T = ComputeT<S>;
   const Kernels<T> k = select_kernels<T>();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t blocks = (C + k.vl - 1) / k.vl, kpad = k.padded_taps(K);
@@ -199,8 +227,8 @@ void grad_weight_impl(const at::Tensor& gy, const at::Tensor& x, int64_t K, bool
   const int64_t acc_elems = (K * kpad * k.vl + k.vl + 15) / 16 * 16;
   Buffer<T> acc = make_buffer<T>(blocks * slices * acc_elems);
   std::memset(acc.get(), 0, sizeof(T) * blocks * slices * acc_elems);
-  const T* xp = x.data_ptr<T>();
-  const T* gp = gy.data_ptr<T>();
+  const S* xp = static_cast<const S*>(x.const_data_ptr());
+  const S* gp = static_cast<const S*>(gy.const_data_ptr());
   const int64_t scratch = k.scratch_elems(H, W, K);
   at::parallel_for(0, blocks * slices, 1, [&](int64_t begin, int64_t end) {
     Buffer<T> buf = make_buffer<T>(scratch);
@@ -208,11 +236,15 @@ void grad_weight_impl(const at::Tensor& gy, const at::Tensor& x, int64_t K, bool
       const int64_t b = item / slices, s = item % slices, c0 = b * k.vl;
       T* a_acc = acc.get() + item * acc_elems;
       for (int64_t n = s * N / slices; n < (s + 1) * N / slices; ++n) {
-        GradWeightTile<T> a{xp + n * x.stride(0) + c0 * x.stride(1), x.stride(1), x.stride(2), x.stride(3),
+        GradWeightTile<S, T> a{xp + n * x.stride(0) + c0 * x.stride(1), x.stride(1), x.stride(2), x.stride(3),
                             gp + n * gy.stride(0) + c0 * gy.stride(1), gy.stride(1), gy.stride(2), gy.stride(3),
                             a_acc, with_bias ? a_acc + K * kpad * k.vl : nullptr,
                             static_cast<int>(std::min<int64_t>(k.vl, C - c0)), H, W, K};
-        k.grad_weight_tile(a, buf.get());
+        if constexpr (std::is_same_v<S, T>) {
+          k.grad_weight_tile(a, buf.get());
+        } else {
+          k.grad_weight_tile_bf16(a, buf.get());
+        }
       }
     }
   });
@@ -240,14 +272,15 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> backward_weight_cpu(const at::
   check_dw_backward_weight(grad_out, x, kernel_size);
   const char* op = "replk_mm::dwconv2d_backward_weight";
   check_cpu(x, "x", op);
-  at::Tensor gw = at::zeros({x.size(1), 1, kernel_size, kernel_size}, x.options());
-  at::Tensor gb = with_bias ? at::zeros({x.size(1)}, x.options()) : at::Tensor();
-  if (x.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv2d_backward_weight", [&] {
-      grad_weight_impl<scalar_t>(grad_out, x, kernel_size, with_bias, gw, gb);
+  // accumulated in the compute type (float32 for bfloat16), returned in x's type
+  const auto acc_options = x.options().dtype(x.scalar_type() == at::kBFloat16 ? at::kFloat : x.scalar_type());
+  at::Tensor gw = at::zeros({x.size(1), 1, kernel_size, kernel_size}, acc_options);
+  at::Tensor gb = with_bias ? at::zeros({x.size(1)}, acc_options) : at::Tensor();
+  if (x.numel() > 0)
+    dispatch_dtype(x.scalar_type(), [&](auto s) {
+      grad_weight_impl<decltype(s)>(grad_out, x, kernel_size, with_bias, gw, gb);
     });
-  }
-  return {gw, with_bias ? std::optional<at::Tensor>(gb) : std::nullopt};
+  return {gw.to(x.scalar_type()), with_bias ? std::optional<at::Tensor>(gb.to(x.scalar_type())) : std::nullopt};
 }
 
 }  // namespace

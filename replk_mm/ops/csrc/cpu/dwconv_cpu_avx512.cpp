@@ -98,12 +98,14 @@ struct Avx512 {
 // The block width that wastes the fewest padding columns for a row of W outputs.
 inline bool use_block7(int64_t W) { return W % 8 != 0 && W % 7 == 0; }
 
-void conv_tile_any(const replk::cpu::ConvTile<float>& a, float* scratch) {
-  use_block7(a.W) ? conv_tile<Avx512<7>>(a, scratch) : conv_tile<Avx512<8>>(a, scratch);
+template <typename S>
+void conv_tile_any(const replk::cpu::ConvTile<S, float>& a, float* scratch) {
+  use_block7(a.W) ? conv_tile<Avx512<7>, S>(a, scratch) : conv_tile<Avx512<8>, S>(a, scratch);
 }
 
-void grad_weight_tile_any(const replk::cpu::GradWeightTile<float>& a, float* scratch) {
-  use_block7(a.W) ? grad_weight_tile<Avx512<7>>(a, scratch) : grad_weight_tile<Avx512<8>>(a, scratch);
+template <typename S>
+void grad_weight_tile_any(const replk::cpu::GradWeightTile<S, float>& a, float* scratch) {
+  use_block7(a.W) ? grad_weight_tile<Avx512<7>, S>(a, scratch) : grad_weight_tile<Avx512<8>, S>(a, scratch);
 }
 
 int64_t scratch_elems_any(int64_t H, int64_t W, int64_t K) {
@@ -115,7 +117,12 @@ int64_t scratch_elems_any(int64_t H, int64_t W, int64_t K) {
 namespace replk::cpu {
 Kernels<float> kernels_avx512_f32() {
   // VL, the tap chunks and the weight packing do not depend on the block width
-  return {"avx512",      16, &padded_taps<Avx512<8>>, &scratch_elems_any, &pack_weight<Avx512<8>>, &conv_tile_any,
-          &grad_weight_tile_any, 5, 5, &conv_row_cl<Avx512<8>>, &conv_plane<Avx512<8>>};
+  replk::cpu::Kernels<float> k = make_kernels<Avx512<8>>("avx512", 5, 5);
+  k.scratch_elems = &scratch_elems_any;
+  k.conv_tile = &conv_tile_any<float>;
+  k.grad_weight_tile = &grad_weight_tile_any<float>;
+  k.conv_tile_bf16 = &conv_tile_any<replk::cpu::bf16_bits>;
+  k.grad_weight_tile_bf16 = &grad_weight_tile_any<replk::cpu::bf16_bits>;
+  return k;
 }
 }  // namespace replk::cpu

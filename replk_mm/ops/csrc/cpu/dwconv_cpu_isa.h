@@ -6,13 +6,17 @@
 
 namespace replk::cpu {
 
+// bfloat16 storage: the upper 16 bits of a float32 (the packed tiles and all arithmetic are float32).
+using bf16_bits = uint16_t;
+
 // One tile = up to VL channels (nc valid, from channel c0) of one image. Pointers point at
 // (n, c0, 0, 0); strides are in elements (channel, row, column), any memory format.
-template <typename T>
+// S: the tensors' element type (T, or bf16_bits with T = float); T: the compute type.
+template <typename S, typename T = S>
 struct ConvTile {
-  const T* x;
+  const S* x;
   int64_t xsc, xsh, xsw;
-  T* y;
+  S* y;
   int64_t ysc, ysh, ysw;
   const T* wpack;  // packed weights of this channel block: [K][kpad][VL]
   const T* bias;   // bias + c0 (VL readable values), or nullptr
@@ -20,11 +24,11 @@ struct ConvTile {
   int64_t H, W, K;
 };
 
-template <typename T>
+template <typename S, typename T = S>
 struct GradWeightTile {
-  const T* x;
+  const S* x;
   int64_t xsc, xsh, xsw;
-  const T* gy;
+  const S* gy;
   int64_t gsc, gsh, gsw;
   T* acc;       // [K][kpad][VL], accumulated into
   T* bias_acc;  // [VL], accumulated into, or nullptr
@@ -68,6 +72,9 @@ struct Kernels {
   void (*pack_weight)(const T* w, int64_t C, int64_t K, bool flip, T* out);
   void (*conv_tile)(const ConvTile<T>& a, T* scratch);
   void (*grad_weight_tile)(const GradWeightTile<T>& a, T* scratch);
+  // bfloat16 tensors (float32 kernels only, else nullptr): converted while packing / unpacking
+  void (*conv_tile_bf16)(const ConvTile<bf16_bits, T>& a, T* scratch);
+  void (*grad_weight_tile_bf16)(const GradWeightTile<bf16_bits, T>& a, T* scratch);
   // Small kernels skip the packing, whose memory traffic would cost more than their arithmetic:
   // channels_last rows (vectors along C) up to K = rows_max_k and NCHW planes (vectors along W) up
   // to K = planes_max_k (0: never; measured per instruction set, see docs/ops.md).

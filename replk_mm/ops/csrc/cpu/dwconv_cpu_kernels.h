@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #include "dwconv_cpu_isa.h"
 #include "dwconv_geometry.h"
@@ -63,14 +64,38 @@ inline bool chunk_useful(int64_t w0, int64_t j0, const TileGeom& g) {
   return first + WB + TJ - 2 >= 0 && first <= g.W - 1;
 }
 
+// Element conversions between the tensors' type S and the compute type T: the identity, or
+// bfloat16 <-> float32 (round to nearest even, NaN kept quiet).
+template <typename T>
+inline T to_compute(T v) { return v; }
+inline float to_compute(replk::cpu::bf16_bits v) {
+  const uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+template <typename S, typename T>
+inline S to_storage(T v) {
+  if constexpr (std::is_same_v<S, T>) {
+    return v;
+  } else {
+    static_assert(std::is_same_v<S, replk::cpu::bf16_bits> && std::is_same_v<T, float>);
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<S>((u >> 16) | 0x40u);
+    return static_cast<S>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+
 // Packs rows [h0, h1) of VL (nc valid) channels of one image, given with arbitrary strides, into
 // dst[H][cols][VL] at column offset col0; columns outside the image are zeroed here, lanes >= nc
 // must have been zeroed by the caller.
-template <class O>
-void pack_rows(const typename O::T* src, int64_t sc, int64_t sh, int64_t sw, int nc, int64_t h0, int64_t h1,
+template <class O, typename S>
+void pack_rows(const S* src, int64_t sc, int64_t sh, int64_t sw, int nc, int64_t h0, int64_t h1,
                int64_t W, typename O::T* dst, int64_t cols, int64_t col0) {
   using T = typename O::T;
   constexpr int VL = O::VL;
+  constexpr bool same = std::is_same_v<S, T>;
   for (int64_t h = h0; h < h1; ++h) {
     T* row = dst + h * cols * VL;
     if (nc == VL) {
@@ -78,33 +103,65 @@ void pack_rows(const typename O::T* src, int64_t sc, int64_t sh, int64_t sw, int
       std::memset(row + (col0 + W) * VL, 0, sizeof(T) * (cols - col0 - W) * VL);
     }
     T* out = row + col0 * VL;
-    const T* in = src + h * sh;
+    const S* in = src + h * sh;
     if (sc == 1 && nc == VL) {  // channels_last: one vector per pixel
       for (int64_t w = 0; w < W; ++w) {
         __builtin_prefetch(in + sh + w * sw);  // the next row's pixel (strided rows defeat the hardware)
-        O::store(out + w * VL, O::loadu(in + w * sw));
+        if constexpr (same) {
+          O::store(out + w * VL, O::loadu(in + w * sw));
+        } else {
+          for (int c = 0; c < VL; ++c) out[w * VL + c] = to_compute(in[w * sw + c]);
+        }
       }
     } else if (sw == 1 && nc == VL) {  // NCHW: transpose VL rows of W
-      O::transpose_in(in, sc, W, out);
+      if constexpr (same) {
+        O::transpose_in(in, sc, W, out);
+      } else {  // widened 16 columns at a time, then transposed
+        alignas(64) T tmp[VL * 16];
+        for (int64_t w0 = 0; w0 < W; w0 += 16) {
+          const int64_t n = imin<int64_t>(16, W - w0);
+          for (int c = 0; c < VL; ++c)
+            for (int64_t w = 0; w < n; ++w) tmp[c * 16 + w] = to_compute(in[c * sc + w0 + w]);
+          O::transpose_in(tmp, 16, n, out + w0 * VL);
+        }
+      }
     } else {
       for (int c = 0; c < nc; ++c)
-        for (int64_t w = 0; w < W; ++w) out[w * VL + c] = in[c * sc + w * sw];
+        for (int64_t w = 0; w < W; ++w) out[w * VL + c] = to_compute(in[c * sc + w * sw]);
     }
   }
 }
 
 // Writes the first W columns and nc lanes of one packed row src[cols][VL] to the row dst of a
 // tensor with arbitrary strides.
-template <class O>
-void unpack_row(const typename O::T* src, int nc, int64_t W, typename O::T* dst, int64_t sc, int64_t sw) {
+template <class O, typename S>
+void unpack_row(const typename O::T* src, int nc, int64_t W, S* dst, int64_t sc, int64_t sw) {
+  using T = typename O::T;
   constexpr int VL = O::VL;
+  constexpr bool same = std::is_same_v<S, T>;
   if (sc == 1 && nc == VL) {
-    for (int64_t w = 0; w < W; ++w) O::storeu(dst + w * sw, O::load(src + w * VL));
+    for (int64_t w = 0; w < W; ++w) {
+      if constexpr (same) {
+        O::storeu(dst + w * sw, O::load(src + w * VL));
+      } else {
+        for (int c = 0; c < VL; ++c) dst[w * sw + c] = to_storage<S>(src[w * VL + c]);
+      }
+    }
   } else if (sw == 1 && nc == VL) {
-    O::transpose_out(src, W, dst, sc);
+    if constexpr (same) {
+      O::transpose_out(src, W, dst, sc);
+    } else {  // transposed 16 columns at a time, then narrowed
+      alignas(64) T tmp[VL * 16];
+      for (int64_t w0 = 0; w0 < W; w0 += 16) {
+        const int64_t n = imin<int64_t>(16, W - w0);
+        O::transpose_out(src + w0 * VL, n, tmp, 16);
+        for (int c = 0; c < VL; ++c)
+          for (int64_t w = 0; w < n; ++w) dst[c * sc + w0 + w] = to_storage<S>(tmp[c * 16 + w]);
+      }
+    }
   } else {
     for (int c = 0; c < nc; ++c)
-      for (int64_t w = 0; w < W; ++w) dst[c * sc + w * sw] = src[w * VL + c];
+      for (int64_t w = 0; w < W; ++w) dst[c * sc + w * sw] = to_storage<S>(src[w * VL + c]);
   }
 }
 
@@ -216,9 +273,9 @@ void grad_weight_row(const typename O::T* xr, const typename O::T* gr, typename 
 
 // Packs the input rows of a tile lazily, just before the first output row that needs them, so that
 // they are still in L1/L2 when used.
-template <class O>
+template <class O, typename S>
 struct RowPacker {
-  const typename O::T* src;
+  const S* src;
   int64_t sc, sh, sw;
   int nc;
   typename O::T* dst;
@@ -227,28 +284,28 @@ struct RowPacker {
   int64_t done = 0;
   void upto(int64_t rows) {
     rows = imin(rows, g.H);
-    if (rows > done) pack_rows<O>(src, sc, sh, sw, nc, done, rows, g.W, dst, cols, col0);
+    if (rows > done) pack_rows<O, S>(src, sc, sh, sw, nc, done, rows, g.W, dst, cols, col0);
     done = imax(done, rows);
   }
 };
 
-template <class O, int TJ>
-void conv_tile_impl(const replk::cpu::ConvTile<typename O::T>& a, const TileGeom& g,
+template <class O, int TJ, typename S>
+void conv_tile_impl(const replk::cpu::ConvTile<S, typename O::T>& a, const TileGeom& g,
                     typename O::T* xs, typename O::T* yr) {
   using T = typename O::T;
   constexpr int VL = O::VL;
   if (a.nc < VL) std::memset(xs, 0, sizeof(T) * g.H * g.WS * VL);
-  RowPacker<O> in{a.x, a.xsc, a.xsh, a.xsw, a.nc, xs, g.WS, g.pad, g};
+  RowPacker<O, S> in{a.x, a.xsc, a.xsh, a.xsw, a.nc, xs, g.WS, g.pad, g};
   const typename O::V init = a.bias ? O::loadu(a.bias) : O::zero();
   for (int64_t h = 0; h < g.H; ++h) {
     in.upto(h + g.pad + 1);
     conv_out_row<O, TJ>(xs, a.wpack, yr, init, h, g);
-    unpack_row<O>(yr, a.nc, g.W, a.y + h * a.ysh, a.ysc, a.ysw);
+    unpack_row<O, S>(yr, a.nc, g.W, a.y + h * a.ysh, a.ysc, a.ysw);
   }
 }
 
-template <class O, int TJ>
-void grad_weight_tile_impl(const replk::cpu::GradWeightTile<typename O::T>& a, const TileGeom& g,
+template <class O, int TJ, typename S>
+void grad_weight_tile_impl(const replk::cpu::GradWeightTile<S, typename O::T>& a, const TileGeom& g,
                            typename O::T* xs, typename O::T* gs) {
   using T = typename O::T;
   using V = typename O::V;
@@ -257,8 +314,8 @@ void grad_weight_tile_impl(const replk::cpu::GradWeightTile<typename O::T>& a, c
     std::memset(xs, 0, sizeof(T) * g.H * g.WS * VL);
     std::memset(gs, 0, sizeof(T) * g.H * g.Wo * VL);
   }
-  RowPacker<O> in{a.x, a.xsc, a.xsh, a.xsw, a.nc, xs, g.WS, g.pad, g};
-  RowPacker<O> grad{a.gy, a.gsc, a.gsh, a.gsw, a.nc, gs, g.Wo, 0, g};
+  RowPacker<O, S> in{a.x, a.xsc, a.xsh, a.xsw, a.nc, xs, g.WS, g.pad, g};
+  RowPacker<O, S> grad{a.gy, a.gsc, a.gsh, a.gsw, a.nc, gs, g.Wo, 0, g};
   for (int64_t h = 0; h < g.H; ++h) {
     in.upto(h + g.pad + 1);
     grad.upto(h + 1);
@@ -432,15 +489,15 @@ void pack_weight(const typename O::T* w, int64_t C, int64_t K, bool flip, typena
       }
 }
 
-template <class O>
-void conv_tile(const replk::cpu::ConvTile<typename O::T>& a, typename O::T* scratch) {
+template <class O, typename S = typename O::T>
+void conv_tile(const replk::cpu::ConvTile<S, typename O::T>& a, typename O::T* scratch) {
   const TileGeom g = tile_geom<O>(a.H, a.W, a.K);
   typename O::T* ys = scratch + (a.H * g.WS * O::VL + 16) / 16 * 16;
   with_tj<O, ConvTileF>(g.tj, a, g, scratch, ys);
 }
 
-template <class O>
-void grad_weight_tile(const replk::cpu::GradWeightTile<typename O::T>& a, typename O::T* scratch) {
+template <class O, typename S = typename O::T>
+void grad_weight_tile(const replk::cpu::GradWeightTile<S, typename O::T>& a, typename O::T* scratch) {
   const TileGeom g = tile_geom<O>(a.H, a.W, a.K);
   typename O::T* gs = scratch + (a.H * g.WS * O::VL + 16) / 16 * 16;
   with_tj<O, GradWeightTileF>(g.tj, a, g, scratch, gs);
@@ -463,8 +520,14 @@ void conv_plane(const replk::cpu::ConvPlane<typename O::T>& a) {
 
 template <class O>
 replk::cpu::Kernels<typename O::T> make_kernels(const char* name, int rows_max_k, int planes_max_k) {
-  return {name, O::VL, &padded_taps<O>, &scratch_elems<O>, &pack_weight<O>, &conv_tile<O>,
-          &grad_weight_tile<O>, rows_max_k, planes_max_k, &conv_row_cl<O>, &conv_plane<O>};
+  replk::cpu::Kernels<typename O::T> k{name,          O::VL,   &padded_taps<O>,  &scratch_elems<O>,
+                                       &pack_weight<O>, &conv_tile<O>, &grad_weight_tile<O>, nullptr, nullptr,
+                                       rows_max_k,      planes_max_k,  &conv_row_cl<O>,    &conv_plane<O>};
+  if constexpr (std::is_same_v<typename O::T, float>) {
+    k.conv_tile_bf16 = &conv_tile<O, replk::cpu::bf16_bits>;
+    k.grad_weight_tile_bf16 = &grad_weight_tile<O, replk::cpu::bf16_bits>;
+  }
+  return k;
 }
 
 }  // namespace
