@@ -122,7 +122,14 @@ at::Tensor packed_weight(const Kernels<T>& k, const at::Tensor& weight, bool fli
   // the kernels load aligned vectors: align the data pointer to 64 bytes
   T* base = out.data_ptr<T>();
   const int64_t shift = ((64 - reinterpret_cast<uintptr_t>(base) % 64) % 64) / sizeof(T);
-  k.pack_weight(w.data_ptr<T>(), C, K, flip, base + shift);
+  // one block of VL channels per task: for small images the packing is a visible part of a call
+  const T* src = w.data_ptr<T>();
+  const int64_t block_elems = K * k.padded_taps(K) * k.vl;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      k.pack_weight(src + b * k.vl * K * K, std::min<int64_t>(k.vl, C - b * k.vl), K, flip,
+                    base + shift + b * block_elems);
+  });
   return out.narrow(0, shift, blocks * K * k.padded_taps(K) * k.vl);
 }
 

@@ -481,11 +481,12 @@ void pack_weight(const typename O::T* w, int64_t C, int64_t K, bool flip, typena
   const int64_t kpad = padded_taps<O>(K);
   const int64_t blocks = (C + VL - 1) / VL;
   std::memset(out, 0, sizeof(typename O::T) * blocks * K * kpad * VL);
-  for (int64_t c = 0; c < C; ++c)
+  for (int64_t b = 0; b < blocks; ++b)
     for (int64_t i = 0; i < K; ++i)
       for (int64_t j = 0; j < K; ++j) {
         const int64_t si = flip ? K - 1 - i : i, sj = flip ? K - 1 - j : j;
-        out[(((c / VL) * K + i) * kpad + j) * VL + c % VL] = w[(c * K + si) * K + sj];
+        typename O::T* o = out + ((b * K + i) * kpad + j) * VL;
+        for (int64_t c = b * VL; c < imin<int64_t>(C, (b + 1) * VL); ++c) o[c % VL] = w[(c * K + si) * K + sj];
       }
 }
 
