@@ -215,7 +215,8 @@ class RepLKNet(BaseModule):
         width = channels[0]
         self.stem = nn.ModuleList([
             ConvBN(in_channels, width, 3, stride=2, norm_cfg=norm_cfg, act_cfg=act_cfg),
-            ConvBN(width, width, 3, groups=width, norm_cfg=norm_cfg, act_cfg=act_cfg),
+            # the stride-1 depth-wise 3x3 (on 112x112 at 224 input) through the DW entry point
+            ConvBN(width, width, 3, groups=width, norm_cfg=norm_cfg, act_cfg=act_cfg, dw_op=True),
             ConvBN(width, width, 1, norm_cfg=norm_cfg, act_cfg=act_cfg),
             ConvBN(width, width, 3, stride=2, groups=width, norm_cfg=norm_cfg, act_cfg=act_cfg),
         ])
