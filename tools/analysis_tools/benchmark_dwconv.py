@@ -152,9 +152,9 @@ def run_passes(args, device: torch.device, rates: Dict[str, float], impls: List[
     rows = []
     for k in tqdm(args.kernels, desc='passes'):
         gen = torch.Generator(device=device).manual_seed(k)
-        x0 = torch.randn(n, CHANNELS, h, h, device=device, generator=gen)
-        g0 = torch.randn(n, CHANNELS, h, h, device=device, generator=gen)
-        w = torch.randn(CHANNELS, 1, k, k, device=device, generator=gen) * 0.05
+        x0 = torch.randn(n, CHANNELS, h, h, device=device, generator=gen).to(args.dtype)
+        g0 = torch.randn(n, CHANNELS, h, h, device=device, generator=gen).to(args.dtype)
+        w = (torch.randn(CHANNELS, 1, k, k, device=device, generator=gen) * 0.05).to(args.dtype)
         fns = {}
         for impl in impls:
             for name, fn in pass_fns(impl, to_layout(x0, impl), w, to_layout(g0, impl)).items():
@@ -163,7 +163,7 @@ def run_passes(args, device: torch.device, rates: Dict[str, float], impls: List[
         flops = useful_flops(n, CHANNELS, h, h, k)
         for (impl, name), (t, cpu) in times.items():
             passes = 3 if name == 'forward_backward' else 1
-            bound = passes * max(flops / rates['sgemm'], min_bytes(n, CHANNELS, h, h, k) / rates['bandwidth'])
+            bound = passes * max(flops / rates['sgemm'], min_bytes(n, CHANNELS, h, h, k, args.dtype.itemsize) / rates['bandwidth'])
             rows.append(dict(k=k, impl=impl, part=name, ms=t * 1e3, cpu_ms=cpu * 1e3,
                              useful_gflops=passes * flops / t / 1e9,
                              pct_sgemm=100 * passes * flops / t / rates['sgemm'], roofline_pct=100 * bound / t))
@@ -174,8 +174,8 @@ def run_table1(args, device: torch.device, rates: Dict[str, float], impls: List[
     rows = []
     for r, k in tqdm([(r, k) for r in args.resolutions for k in args.kernels], desc='table1'):
         gen = torch.Generator(device=device).manual_seed(k)
-        x0 = torch.randn(args.batch, CHANNELS, r, r, device=device, generator=gen)
-        w0 = [torch.randn(CHANNELS, 1, k, k, device=device, generator=gen) * (0.5 / k)
+        x0 = torch.randn(args.batch, CHANNELS, r, r, device=device, generator=gen).to(args.dtype)
+        w0 = [(torch.randn(CHANNELS, 1, k, k, device=device, generator=gen) * (0.5 / k)).to(args.dtype)
               for _ in range(LAYERS)]
         for mode in args.modes:
             fns, layers_timed = {}, {}
@@ -188,7 +188,7 @@ def run_table1(args, device: torch.device, rates: Dict[str, float], impls: List[
                 fns[impl] = stack_fn(impl, x, ws[:n_layers], mode)
             times = best_interleaved(fns, device, args.repeats)
             flops = useful_flops(args.batch, CHANNELS, r, r, k) * (1 if mode == 'forward' else 3)
-            nbytes = min_bytes(args.batch, CHANNELS, r, r, k) * (1 if mode == 'forward' else 3)
+            nbytes = min_bytes(args.batch, CHANNELS, r, r, k, args.dtype.itemsize) * (1 if mode == 'forward' else 3)
             bound = LAYERS * max(flops / rates['sgemm'], nbytes / rates['bandwidth'])
             for impl, (t, cpu) in times.items():
                 ms = t * LAYERS / layers_timed[impl] * 1e3
@@ -219,7 +219,7 @@ def header(args, device: torch.device, rates: Dict[str, float]) -> List[str]:
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
         f'CPU, {torch.get_num_threads()} threads')
     load = f', load average {os.getloadavg()[0]:.1f}' if hasattr(os, 'getloadavg') else ''
-    return [f'Device: {name}{load}; torch {torch.__version__}, fp32. sgemm ({args.gemm_size}^3) '
+    return [f'Device: {name}{load}; torch {torch.__version__}, {str(args.dtype)[6:]}. fp32 sgemm ({args.gemm_size}^3) '
             f'{rates["sgemm"] / 1e9:.0f} GFLOP/s, copy bandwidth {rates["bandwidth"] / 1e9:.1f} GB/s, '
             'measured in this run.', '']
 
@@ -340,11 +340,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per cell (best kept)')
     parser.add_argument('--cell-budget', type=float, default=20.0,
                         help='seconds per implementation and table1 cell before fewer layers are timed')
+    parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
+                        help='dtype of the convolutions (the sgemm reference rate stays fp32)')
     parser.add_argument('--gemm-size', type=int, default=2048, help='n of the n^3 sgemm rate')
     parser.add_argument('--out', help='output folder (default work_dirs/benchmark_dwconv/<device>)')
     args = parser.parse_args(argv)
     if args.batch is None:
         args.batch = 64 if args.device.startswith('cuda') else 2
+    args.dtype = getattr(torch, args.dtype)
     return args
 
 
@@ -357,9 +360,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if bad:
         raise SystemExit(f'--kernels must be odd and positive, got {bad}')
     impls = list(args.impls)
-    probe = torch.zeros(1, 1, 1, 1, device=device)
+    probe = torch.zeros(1, 1, 1, 1, device=device, dtype=args.dtype)
     if not dwconv_ext.is_available(probe):
-        print(f'replk_mm._ext has no kernel for {device}: timing PyTorch only '
+        print(f'replk_mm._ext has no kernel for {device} {args.dtype}: timing PyTorch only '
               '(build it with `pip install --no-build-isolation --no-deps -e .`)')
         impls = [i for i in impls if not i.startswith('ours')]
     out = args.out or os.path.join('work_dirs', 'benchmark_dwconv', device.type)
