@@ -348,12 +348,10 @@ void conv_row_cl_impl(const replk::cpu::ConvRowCL<typename O::T>& a) {
     const T* wc = a.wpack + cb * K * kpad * VL;
     const V init = a.bias ? O::loadu(a.bias + cb * VL) : O::zero();
     // Pixels C floats apart defeat the hardware prefetchers: fetch the input row the next output
-    // row reads first (into L2) and this row's inputs of the next channel block (into L1).
+    // row reads first (into L2) while this one computes. (Prefetching the next channel block's
+    // rows into L1 as well filled the miss buffers and stalled: slower in in-process A/B runs.)
     if (a.h + pad + 1 < a.H)
       for (int64_t w = 0; w < a.W; ++w) __builtin_prefetch(xc + (a.h + pad + 1) * a.xsh + w * a.xsw, 0, 2);
-    if (cb + 1 < a.blocks)
-      for (int64_t i = i0; i < i1; ++i)
-        for (int64_t w = 0; w < a.W; ++w) __builtin_prefetch(xc + VL + (a.h + i - pad) * a.xsh + w * a.xsw);
     for (int64_t w0 = 0; w0 < a.W; w0 += WB) {
       V acc[WB];
 #pragma GCC unroll 16
@@ -369,7 +367,10 @@ void conv_row_cl_impl(const replk::cpu::ConvRowCL<typename O::T>& a) {
           V wv[TJ];
 #pragma GCC unroll 16
           for (int t = 0; t < TJ; ++t) wv[t] = O::load(wr + (j0 + t) * VL);
-          fma_chunk<O, TJ>(xr + col * a.xsw, a.xsw, wv, acc, d_begin, d_end);
+          if (d_begin == 0 && d_end == WB + TJ - 1)  // inside the image: no bounds in the unrolled loop
+            fma_chunk<O, TJ>(xr + col * a.xsw, a.xsw, wv, acc);
+          else
+            fma_chunk<O, TJ>(xr + col * a.xsw, a.xsw, wv, acc, d_begin, d_end);
         }
       }
       const int64_t nq = imin<int64_t>(WB, a.W - w0);
