@@ -10,7 +10,8 @@ import torch.distributed as torch_dist
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
-from mmengine.registry import MODEL_WRAPPERS
+
+from ..registry import MODEL_WRAPPERS
 
 
 @MODEL_WRAPPERS.register_module()
@@ -33,5 +34,5 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
         torch_dist.init_process_group(backend='gloo')
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
     cfg.model_wrapper_cfg = dict(
-        type='CPUDistributedDataParallel', broadcast_buffers=False,
+        type='replk_mm.CPUDistributedDataParallel', broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False))

@@ -36,3 +36,19 @@ def test_registry_scope_and_parent():
     assert MODELS.scope == 'replk_mm'
     assert MODELS.parent is ROOT
     assert ROOT.children['replk_mm'] is MODELS
+
+
+@pytest.mark.parametrize('scope', ['mmseg', 'mmdet', 'mmpretrain'])
+def test_cpu_ddp_wrapper_resolves_as_the_runner_looks_it_up(scope):
+    # the Runner builds model_wrapper_cfg from MMEngine's root MODEL_WRAPPERS under its scope
+    from mmengine.registry import MODEL_WRAPPERS as ROOT_WRAPPERS
+
+    from replk_mm.engine import CPUDistributedDataParallel
+    init_default_scope(scope)
+    try:
+        with ROOT_WRAPPERS.switch_scope_and_registry(scope) as registry:
+            found = registry.get('replk_mm.CPUDistributedDataParallel')
+    finally:
+        DefaultScope._instance_dict.pop(DefaultScope.get_current_instance().instance_name, None)
+    assert found is CPUDistributedDataParallel
+    assert 'CPUDistributedDataParallel' not in ROOT_WRAPPERS.module_dict  # ours, not the root's
