@@ -56,6 +56,19 @@ def _assert_matches(ours, ref, k):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=tol, msg=f'{name} differs (K={k})')
 
 
+def _assert_matches_conv2d(x, weight, bias, grad_out, k):
+    """Output and the three gradients of the extension equal F.conv2d's."""
+    _assert_matches(_run(dwconv_ext.dwconv2d, x, weight, bias, grad_out),
+                    _run(_reference, x, weight, bias, grad_out), k)
+
+
+def _use_isa(isa, monkeypatch):
+    """Run the kernels of one instruction set (skipped where the CPU lacks it)."""
+    if isa not in _cpu_isas():
+        pytest.skip(f'this CPU has no {isa}')
+    monkeypatch.setenv(ISA_ENV, isa)
+
+
 # H != W, H or W smaller than K, C not a multiple of the vector widths (16 / 8 / 4), batch 1
 SHAPES = [(2, 19, 9, 14), (1, 33, 12, 35)]
 
@@ -73,14 +86,11 @@ def test_matches_conv2d(k, channels_last):
 
 @pytest.mark.parametrize('isa', ['generic', 'avx2', 'avx512'])
 def test_every_instruction_set(isa, monkeypatch):
-    if isa not in _cpu_isas():
-        pytest.skip(f'this CPU has no {isa}')
-    monkeypatch.setenv(ISA_ENV, isa)
+    _use_isa(isa, monkeypatch)
     for k, shape, channels_last in ((13, (2, 37, 11, 21), False), (31, (1, 24, 33, 17), True),
                                     (3, (1, 9, 1, 40), False)):
         x, weight, bias, grad_out = _inputs(shape, k, channels_last, seed=k)
-        _assert_matches(_run(dwconv_ext.dwconv2d, x, weight, bias, grad_out),
-                        _run(_reference, x, weight, bias, grad_out), k)
+        _assert_matches_conv2d(x, weight, bias, grad_out, k)
 
 
 def test_unknown_instruction_set_is_rejected(monkeypatch):
@@ -100,24 +110,20 @@ DIRECT_ENV = 'REPLK_DWCONV_CPU_DIRECT_MAX_K'
 @pytest.mark.parametrize('direct_max_k', ['0', '15'], ids=['packed', 'direct'])
 @pytest.mark.parametrize('isa', ['generic', 'avx2', 'avx512'])
 def test_every_forward_scheme(isa, direct_max_k, monkeypatch):
-    if isa not in _cpu_isas():
-        pytest.skip(f'this CPU has no {isa}')
-    monkeypatch.setenv(ISA_ENV, isa)
+    _use_isa(isa, monkeypatch)
     monkeypatch.setenv(DIRECT_ENV, direct_max_k)
     for k in (1, 3, 5, 7, 15):
         for shape, channels_last in (((2, 32, 9, 14), True), ((1, 48, 12, 35), False),
                                      ((1, 48, 12, 35), True), ((1, 16, 3, 5), True),
                                      ((2, 16, 17, 8), False), ((1, 32, 6, 33), False)):
             x, weight, bias, grad_out = _inputs(shape, k, channels_last, seed=k)
-            _assert_matches(_run(dwconv_ext.dwconv2d, x, weight, bias, grad_out),
-                            _run(_reference, x, weight, bias, grad_out), k)
+            _assert_matches_conv2d(x, weight, bias, grad_out, k)
         # views whose rows (NCHW) or channels (channels_last) are still contiguous
         base = torch.randn(1, 32, 14, 20)
         for x in (base[:, :, 1:-2, 3:-1], base.to(memory_format=torch.channels_last)[:, :, 2:, :-3]):
             weight, bias = torch.randn(32, 1, k, k), torch.randn(32)
             grad_out = torch.randn(x.shape)
-            _assert_matches(_run(dwconv_ext.dwconv2d, x, weight, bias, grad_out),
-                            _run(_reference, x, weight, bias, grad_out), k)
+            _assert_matches_conv2d(x, weight, bias, grad_out, k)
 
 
 def test_bad_direct_path_setting_is_rejected(monkeypatch):
@@ -134,17 +140,14 @@ def test_non_contiguous_inputs():
     weight, bias = torch.randn(20, 1, k, k), torch.randn(20)
     for x in (base[:, ::2, :, ::2], base.permute(0, 1, 3, 2)[:, :20, :15, :13].transpose(2, 3)):
         assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
-        _assert_matches(_run(dwconv_ext.dwconv2d, x, weight, bias, grad_out),
-                        _run(_reference, x, weight, bias, grad_out), k)
+        _assert_matches_conv2d(x, weight, bias, grad_out, k)
 
 
 @pytest.mark.parametrize('isa', ['generic', 'avx2', 'avx512'])
 def test_bfloat16_is_computed_in_float32(isa, monkeypatch):
     # bfloat16 tensors are widened while packing, computed in float32 and rounded once on output:
     # the result is float32 arithmetic on the same (rounded) values, to bfloat16's precision.
-    if isa not in _cpu_isas():
-        pytest.skip(f'this CPU has no {isa}')
-    monkeypatch.setenv(ISA_ENV, isa)
+    _use_isa(isa, monkeypatch)
     names = ('output', 'grad_input', 'grad_weight', 'grad_bias')
     for k, shape, channels_last in ((3, (2, 32, 9, 14), True), (13, (1, 19, 12, 35), False),
                                     (5, (2, 32, 7, 37), False), (31, (1, 16, 20, 18), True)):
