@@ -280,13 +280,14 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> backward_weight_cpu(const at::
   const char* op = "replk_mm::dwconv2d_backward_weight";
   check_cpu(x, "x", op);
   // accumulated in the compute type (float32 for bfloat16), returned in x's type
-  const auto acc_options = x.options().dtype(x.scalar_type() == at::kBFloat16 ? at::kFloat : x.scalar_type());
-  at::Tensor gw = at::zeros({x.size(1), 1, kernel_size, kernel_size}, acc_options);
-  at::Tensor gb = with_bias ? at::zeros({x.size(1)}, acc_options) : at::Tensor();
-  if (x.numel() > 0)
-    dispatch_dtype(x.scalar_type(), [&](auto s) {
-      grad_weight_impl<decltype(s)>(grad_out, x, kernel_size, with_bias, gw, gb);
-    });
+  at::Tensor gw, gb;
+  dispatch_dtype(x.scalar_type(), [&](auto s) {
+    using S = decltype(s);
+    const auto options = x.options().dtype(compute_dtype<S>());
+    gw = at::zeros({x.size(1), 1, kernel_size, kernel_size}, options);
+    if (with_bias) gb = at::zeros({x.size(1)}, options);
+    if (x.numel() > 0) grad_weight_impl<S>(grad_out, x, kernel_size, with_bias, gw, gb);
+  });
   return {gw.to(x.scalar_type()), with_bias ? std::optional<at::Tensor>(gb.to(x.scalar_type())) : std::nullopt};
 }
 
