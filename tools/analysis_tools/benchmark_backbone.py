@@ -30,23 +30,27 @@ from tqdm import tqdm
 from replk_mm.deploy import reparameterize_model
 from replk_mm.models import RepLKNet, UniRepLKNet
 from replk_mm.models.backbones.replknet import ARCH_SETTINGS
-from replk_mm.ops import dw_impl_choices, use_dw_impl
+from replk_mm.ops import dw_impl_choices, use_bn_impl, use_dw_impl
 
 MMPRETRAIN_ARCHS = ('31B', '31L', 'XL')
 BACKBONES = {'replk_mm.RepLKNet': RepLKNet, 'RepLKNet': RepLKNet,
              'replk_mm.UniRepLKNet': UniRepLKNet, 'UniRepLKNet': UniRepLKNet}
 VARIANTS = {
-    # name: (description, builder key, deploy, dw impl, channels_last)
-    'ours-train-auto': ('replk_mm, training form, DW dispatch', 'ours', False, 'auto', False),
-    'ours-train-nchw': ('replk_mm, training form, plain NCHW', 'ours', False, 'torch', False),
-    'ours-deploy-auto': ('replk_mm, deploy form, DW dispatch', 'ours', True, 'auto', False),
-    'ours-deploy-nchw': ('replk_mm, deploy form, plain NCHW', 'ours', True, 'torch', False),
+    # name: (description, builder key, deploy, DW impl, channels_last, BN impl)
+    'ours-train-auto': ('replk_mm, training form, DW dispatch', 'ours', False, 'auto', False,
+                        'auto'),
+    'ours-train-torchbn': ("replk_mm, training form, DW dispatch, PyTorch's BN kernel", 'ours',
+                           False, 'auto', False, 'torch'),
+    'ours-train-nchw': ('replk_mm, training form, plain NCHW', 'ours', False, 'torch', False,
+                        'torch'),
+    'ours-deploy-auto': ('replk_mm, deploy form, DW dispatch', 'ours', True, 'auto', False, 'auto'),
+    'ours-deploy-nchw': ('replk_mm, deploy form, plain NCHW', 'ours', True, 'torch', False, 'torch'),
     'ours-deploy-auto-cl': ('replk_mm, deploy form, DW dispatch, channels_last model', 'ours',
-                            True, 'auto', True),
+                            True, 'auto', True, 'auto'),
     'mmpretrain-default': ("mmpretrain RepLKNet, default (training form)", 'mmpretrain', False,
-                           'torch', False),
+                           'torch', False, 'torch'),
     'mmpretrain-deploy-cl': ('mmpretrain RepLKNet, deploy form, channels_last model',
-                             'mmpretrain', True, 'torch', True),
+                             'mmpretrain', True, 'torch', True, 'torch'),
 }
 
 
@@ -71,7 +75,7 @@ def backbone_kwargs(config_or_arch: str) -> dict:
 
 def build(variant: str, kwargs: dict, device: torch.device) -> Optional[nn.Module]:
     """The variant's model, in eval mode, or None when it does not apply to this arch."""
-    _, builder, deploy, _, channels_last = VARIANTS[variant]
+    _, builder, deploy, _, channels_last, _ = VARIANTS[variant]
     torch.manual_seed(0)
     if kwargs.get('type') == 'UniRepLKNet':
         if builder != 'ours':
@@ -103,12 +107,12 @@ def build(variant: str, kwargs: dict, device: torch.device) -> Optional[nn.Modul
 
 def make_step(variant: str, model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
     """One pass: ``forward`` (eval, no grad) or ``forward_backward`` (train mode, backward)."""
-    impl, channels_last = VARIANTS[variant][3], VARIANTS[variant][4]
+    dw_impl, channels_last, bn_impl = VARIANTS[variant][3:]
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
-        with use_dw_impl(impl):
+        with use_dw_impl(dw_impl), use_bn_impl(bn_impl):
             if mode == 'forward':
                 model.eval()
                 with torch.no_grad():

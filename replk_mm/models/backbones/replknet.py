@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_activation_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
@@ -18,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import load_state_dict_checked
 from ...registry import MODELS
-from ..layers import ConvBN, ReparamLargeKernelConv, reparameterize_model
+from ..layers import ConvBN, ReparamLargeKernelConv, build_norm, reparameterize_model
 from ..utils import KeyMapping, load_pretrained
 
 _31B_WIDTH = (128, 256, 512, 1024)
@@ -93,7 +93,7 @@ class RepLKBlock(nn.Module):
                  small_kernel: Optional[int], drop_path: float, norm_cfg: dict,
                  act_cfg: dict, deploy: bool = False) -> None:
         super().__init__()
-        self.prelkb_bn = build_norm_layer(norm_cfg, channels)[1]
+        self.prelkb_bn = build_norm(norm_cfg, channels)
         self.pw1 = ConvBN(channels, dw_channels, 1, norm_cfg=norm_cfg, act_cfg=act_cfg)
         self.large_kernel = ReparamLargeKernelConv(
             dw_channels, kernel_size, small_kernel, norm_cfg=norm_cfg, deploy=deploy)
@@ -121,7 +121,7 @@ class ConvFFN(nn.Module):
     def __init__(self, channels: int, hidden_channels: int, drop_path: float,
                  norm_cfg: dict, act_cfg: dict) -> None:
         super().__init__()
-        self.preffn_bn = build_norm_layer(norm_cfg, channels)[1]
+        self.preffn_bn = build_norm(norm_cfg, channels)
         self.pw1 = ConvBN(channels, hidden_channels, 1, norm_cfg=norm_cfg)
         self.nonlinear = build_activation_layer(act_cfg)
         self.pw2 = ConvBN(hidden_channels, channels, 1, norm_cfg=norm_cfg)
@@ -233,7 +233,7 @@ class RepLKNet(BaseModule):
                                       ffn_act_cfg))
             norm = None
             if norm_intermediate_features and i in self.out_indices:
-                norm = build_norm_layer(norm_cfg, c)[1]
+                norm = build_norm(norm_cfg, c)
             self.stages.append(RepLKNetStage(blocks, norm))
             if i < num_stages - 1:
                 self.transitions.append(nn.Sequential(

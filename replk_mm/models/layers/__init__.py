@@ -1,4 +1,5 @@
 """Building blocks shared by the backbones: conv-BN, re-parameterizable convs, the reparam protocol."""
+from .batch_norm import BatchNorm2d, build_norm
 from .conv_bn import ConvBN
 from .dilated_reparam import DilatedReparamBlock
 from .grn import GRN
@@ -11,7 +12,7 @@ from .se import SEBlock
 from .unireplknet_block import UniRepLKNetBlock
 
 __all__ = [
-    'ConvBN', 'ReparamLargeKernelConv', 'ReparamMixin', 'dilate_kernel', 'fuse_conv_bn',
+    'BatchNorm2d', 'build_norm', 'ConvBN', 'ReparamLargeKernelConv', 'ReparamMixin', 'dilate_kernel', 'fuse_conv_bn',
     'pad_kernel', 'reparameterize_model', 'DilatedReparamBlock', 'GRN', 'LayerNorm2d',
     'ToChannelsFirst', 'ToChannelsLast', 'SEBlock', 'UniRepLKNetBlock'
 ]

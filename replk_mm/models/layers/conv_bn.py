@@ -3,9 +3,10 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_activation_layer
 
 from ...ops import DepthwiseConv2d
+from .batch_norm import build_norm
 
 
 class ConvBN(nn.Module):
@@ -46,7 +47,7 @@ class ConvBN(nn.Module):
         else:
             self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
                                   padding=kernel_size // 2, groups=groups, bias=False)
-        self.bn = build_norm_layer(norm_cfg or dict(type='BN'), out_channels)[1]
+        self.bn = build_norm(norm_cfg or dict(type='BN'), out_channels)
         self.act = build_activation_layer(act_cfg) if act_cfg is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,9 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
 
 from replk_mm.ops import DepthwiseConv2d
+from .batch_norm import build_norm
 from .reparam import ReparamMixin, dilate_kernel, fuse_conv_bn, pad_kernel
 
 # The authors' default branches per large kernel K: (kernel sizes k, dilation rates r).
@@ -89,12 +89,12 @@ class DilatedReparamBlock(ReparamMixin, nn.Module):
         if deploy:
             return
         norm_cfg = norm_cfg or dict(type='BN')
-        self.origin_bn = build_norm_layer(norm_cfg, channels)[1]
+        self.origin_bn = build_norm(norm_cfg, channels)
         for k, r in self.branches():
             conv = nn.Conv2d(channels, channels, k, padding=(k - 1) * r // 2, dilation=r,
                              groups=channels, bias=False)
             setattr(self, f'dil_conv_k{k}_{r}', conv)
-            setattr(self, f'dil_bn_k{k}_{r}', build_norm_layer(norm_cfg, channels)[1])
+            setattr(self, f'dil_bn_k{k}_{r}', build_norm(norm_cfg, channels))
 
     def branches(self) -> Sequence[Tuple[int, int]]:
         """The (k, r) pairs of the dilated branches."""

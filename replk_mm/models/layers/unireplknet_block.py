@@ -4,10 +4,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
-from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 
 from replk_mm.ops import DepthwiseConv2d
+from .batch_norm import build_norm
 from .dilated_reparam import DilatedReparamBlock
 from .grn import GRN
 from .layout import ToChannelsFirst, ToChannelsLast
@@ -56,7 +56,7 @@ class UniRepLKNetBlock(ReparamMixin, nn.Module):
             self.dwconv = DilatedReparamBlock(channels, kernel_size, norm_cfg=norm_cfg, deploy=deploy)
         else:
             self.dwconv = DepthwiseConv2d(channels, kernel_size, bias=deploy)
-        self.norm = nn.Identity() if deploy else build_norm_layer(norm_cfg, channels)[1]
+        self.norm = nn.Identity() if deploy else build_norm(norm_cfg, channels)
         self.se = SEBlock(channels, channels // 4)
         hidden = int(ffn_ratio * channels)
         self.pwconv1 = nn.Sequential(ToChannelsLast(), nn.Linear(channels, hidden))
@@ -66,7 +66,7 @@ class UniRepLKNetBlock(ReparamMixin, nn.Module):
         else:
             self.pwconv2 = nn.Sequential(
                 nn.Linear(hidden, channels, bias=False), ToChannelsFirst(),
-                build_norm_layer(norm_cfg, channels)[1])
+                build_norm(norm_cfg, channels))
         use_scale = not deploy and bool(layer_scale_init_value)
         self.gamma = nn.Parameter(
             torch.full((channels, ), float(layer_scale_init_value))) if use_scale else None

@@ -284,8 +284,12 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> backward_weight_cpu(const at::
   dispatch_dtype(x.scalar_type(), [&](auto s) {
     using S = decltype(s);
     const auto options = x.options().dtype(compute_dtype<S>());
-    gw = at::zeros({x.size(1), 1, kernel_size, kernel_size}, options);
-    if (with_bias) gb = at::zeros({x.size(1)}, options);
+    // grad_weight_impl writes every element; an empty batch has zero gradients
+    const auto make = [&](at::IntArrayRef size) {
+      return x.numel() > 0 ? at::empty(size, options) : at::zeros(size, options);
+    };
+    gw = make({x.size(1), 1, kernel_size, kernel_size});
+    if (with_bias) gb = make({x.size(1)});
     if (x.numel() > 0) grad_weight_impl<S>(grad_out, x, kernel_size, with_bias, gw, gb);
   });
   return {gw.to(x.scalar_type()), with_bias ? std::optional<at::Tensor>(gb.to(x.scalar_type())) : std::nullopt};

@@ -1,0 +1,114 @@
+"""Training-mode batch normalization through the package's CPU kernel (``replk_mm._ext``).
+
+``replk_mm::batch_norm_train_forward`` normalizes a contiguous ``(N, C, *)`` float32 / float64 CPU
+tensor with its batch statistics and returns them; ``replk_mm::batch_norm_train_backward`` is its
+gradient. Each channel is read from memory once per pass (PyTorch's kernel reduces with strided
+loops): 3-7x PyTorch's forward and 1.5-2.5x its backward on RepLKNet's shapes (docs/ops.md).
+:class:`replk_mm.models.layers.BatchNorm2d` uses it where :func:`applies`; running statistics stay
+the module's business.
+"""
+import contextlib
+import os
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+
+from .dwconv_ext import extension_loaded
+
+IMPL_ENV = 'REPLK_MM_BN_IMPL'
+IMPLS = ('auto', 'torch')
+_DTYPES = (torch.float32, torch.float64)
+_HAS_CPU_KERNEL = extension_loaded() and torch._C._dispatch_has_kernel_for_dispatch_key(
+    'replk_mm::batch_norm_train_forward', 'CPU')
+_forced: List[str] = []
+
+
+def _check_impl(impl: str, source: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f'{source} must be one of {IMPLS}, got {impl!r}')
+
+
+@contextlib.contextmanager
+def use_bn_impl(impl: str) -> Iterator[None]:
+    """Within the block, ``'torch'`` keeps every :class:`~replk_mm.models.layers.BatchNorm2d` on
+    PyTorch's kernel and ``'auto'`` lets it use the package's where :func:`applies` (the default;
+    the environment variable ``REPLK_MM_BN_IMPL`` sets it for a process)."""
+    _check_impl(impl, 'use_bn_impl')
+    _forced.append(impl)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def _requested_impl() -> str:
+    if _forced:
+        return _forced[-1]
+    impl = os.environ.get(IMPL_ENV, 'auto') or 'auto'
+    _check_impl(impl, IMPL_ENV)
+    return impl
+
+
+def _kernel_takes(x: torch.Tensor) -> bool:
+    return (_HAS_CPU_KERNEL and x.device.type == 'cpu' and x.dtype in _DTYPES and x.dim() >= 2
+            and x.is_contiguous() and x.numel() > x.shape[1])
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether the kernel takes ``x`` (a contiguous float32 / float64 CPU tensor ``(N, C, *)``)
+    and is not switched off by :func:`use_bn_impl` / ``REPLK_MM_BN_IMPL``."""
+    return _kernel_takes(x) and _requested_impl() == 'auto'
+
+
+if _HAS_CPU_KERNEL:
+
+    @torch.library.register_fake('replk_mm::batch_norm_train_forward')
+    def _forward_fake(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                      eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.empty_like(x), x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
+
+    @torch.library.register_fake('replk_mm::batch_norm_train_backward')
+    def _backward_fake(grad_out: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+                       weight: Optional[torch.Tensor],
+                       eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.empty_like(x), x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
+
+    def _setup_context(ctx, inputs, output) -> None:
+        x, weight, _, eps = inputs
+        _, mean, var = output
+        ctx.mark_non_differentiable(mean, var)
+        ctx.save_for_backward(x, mean, var, weight)
+        ctx.eps = eps
+
+    def _backward(ctx, grad_out: torch.Tensor, _grad_mean, _grad_var):
+        x, mean, var, weight = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = torch.ops.replk_mm.batch_norm_train_backward(
+            grad_out, x, mean, var, weight, ctx.eps)
+        needs = ctx.needs_input_grad
+        return (grad_x if needs[0] else None, grad_weight if needs[1] else None,
+                grad_bias if needs[2] else None, None)
+
+    torch.library.register_autograd(
+        'replk_mm::batch_norm_train_forward', _backward, setup_context=_setup_context)
+
+
+def batch_norm_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                     eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch-statistics normalization; differentiable in ``x``, ``weight`` and ``bias``.
+
+    Args:
+        x: ``(N, C, *)``, contiguous, float32 or float64, on the CPU.
+        weight, bias: ``(C,)`` or None.
+        eps: added to the variance.
+
+    Returns:
+        ``(y, mean, var)``: ``y`` like ``x``; the per-channel mean and biased variance ``(C,)``
+        (not differentiable).
+    """
+    if not _kernel_takes(x):
+        raise ValueError(
+            'batch_norm_train needs a contiguous float32/float64 CPU tensor (N, C, *) with more than '
+            f'one value per channel and the built extension; got {tuple(x.shape)} {x.dtype} on '
+            f'{x.device} (contiguous: {x.is_contiguous()}, extension: {_HAS_CPU_KERNEL}); '
+            'use torch.nn.functional.batch_norm for other inputs')
+    return torch.ops.replk_mm.batch_norm_train_forward(x, weight, bias, eps)

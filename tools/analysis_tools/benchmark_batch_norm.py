@@ -1,0 +1,128 @@
+"""Training-mode batch norm on the CPU: PyTorch's kernel vs replk_mm's, on every BN input of a
+RepLKNet training step.
+
+    python tools/analysis_tools/benchmark_batch_norm.py [ARCH] [--batch 2] [--shape 224 224]
+        [--threads 2] [--repeats 9] [--out DIR]
+
+The BN inputs are collected by running the backbone (``ARCH``, default 31B) once; each distinct
+shape is then timed alone, forward (``torch.batch_norm`` in training mode vs
+``replk_mm::batch_norm_train_forward``) and backward (autograd through PyTorch's vs
+``replk_mm::batch_norm_train_backward``), the implementations interleaved and the median of
+``--repeats`` kept, with a tensor copy of the same size as the memory-bandwidth yardstick. The
+total weights each shape by how often the step normalizes it. Writes ``batch_norm.md`` and
+``batch_norm.csv`` into ``--out`` (default ``work_dirs/benchmark_batch_norm``).
+"""
+import argparse
+import collections
+import csv
+import io
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from replk_mm.deploy.atomic import atomic_outputs
+from replk_mm.models import RepLKNet
+from replk_mm.models.layers import BatchNorm2d
+from replk_mm.ops.batch_norm import applies, use_bn_impl
+
+
+def bn_input_shapes(arch: str, batch: int, shape: Tuple[int, int]) -> Dict[tuple, int]:
+    """How often each input shape reaches a BatchNorm2d in one forward of the backbone."""
+    model = RepLKNet(arch=arch, out_indices=(3, ), norm_intermediate_features=True).train()
+    counts: Dict[tuple, int] = collections.Counter()
+    hooks = [m.register_forward_pre_hook(lambda _, args: counts.update([tuple(args[0].shape)]))
+             for m in model.modules() if isinstance(m, BatchNorm2d)]
+    with torch.no_grad(), use_bn_impl('torch'):
+        model(torch.randn(batch, 3, *shape))
+    for hook in hooks:
+        hook.remove()
+    return counts
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+    for fn in fns.values():
+        fn()
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+
+
+def measure(shape: tuple, repeats: int) -> Dict[str, float]:
+    """Milliseconds of each pass for one input shape."""
+    x, grad_out = torch.randn(shape), torch.randn(shape)
+    channels = shape[1]
+    weight, bias = torch.randn(channels), torch.randn(channels)
+    if not applies(x):
+        raise SystemExit('replk_mm._ext has no CPU batch-norm kernel; rebuild the package '
+                         '(pip install --no-build-isolation --no-deps -e .)')
+    _, mean, var = torch.ops.replk_mm.batch_norm_train_forward(x, weight, bias, 1e-5)
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    out = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True)
+    return time_interleaved({
+        'copy': x.clone,
+        'torch_forward': lambda: F.batch_norm(x, None, None, weight, bias, True),
+        'ours_forward': lambda: torch.ops.replk_mm.batch_norm_train_forward(x, weight, bias, 1e-5),
+        'torch_backward': lambda: torch.autograd.grad(out, leaves, grad_out, retain_graph=True),
+        'ours_backward': lambda: torch.ops.replk_mm.batch_norm_train_backward(
+            grad_out, x, mean, var, weight, 1e-5),
+    }, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('arch', nargs='?', default='31B', help='RepLKNet arch (31B, 31L, XL)')
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--shape', type=int, nargs=2, default=(224, 224), metavar=('H', 'W'))
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=9)
+    parser.add_argument('--out', default='work_dirs/benchmark_batch_norm')
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    counts = bn_input_shapes(args.arch, args.batch, tuple(args.shape))
+    rows = []
+    for shape, count in tqdm(sorted(counts.items(), key=lambda kv: -kv[1]), desc='shapes'):
+        ms = measure(shape, args.repeats)
+        rows.append(dict(shape='x'.join(map(str, shape)), calls=count,
+                         **{k: round(v, 3) for k, v in ms.items()},
+                         forward_speedup=round(ms['torch_forward'] / ms['ours_forward'], 2),
+                         backward_speedup=round(ms['torch_backward'] / ms['ours_backward'], 2)))
+    totals = {k: sum(r[k] * r['calls'] for r in rows)
+              for k in ('torch_forward', 'ours_forward', 'torch_backward', 'ours_backward')}
+    columns = list(rows[0])
+    md = [f'Training-mode BN inputs of one RepLKNet-{args.arch} step, input {args.batch}x3x'
+          f'{args.shape[0]}x{args.shape[1]}, CPU, {args.threads} threads, torch {torch.__version__}; '
+          f'ms, median of {args.repeats} interleaved runs per shape', '',
+          'Command: `python ' + ' '.join(sys.argv) + '`', '',
+          '| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    md += ['| ' + ' | '.join(str(r[c]) for c in columns) + ' |' for r in rows]
+    md += ['', 'Whole step (each shape times its calls): forward {:.1f} -> {:.1f} ms ({:.1f}x), '
+           'backward {:.1f} -> {:.1f} ms ({:.1f}x)'.format(
+               totals['torch_forward'], totals['ours_forward'],
+               totals['torch_forward'] / totals['ours_forward'], totals['torch_backward'],
+               totals['ours_backward'], totals['torch_backward'] / totals['ours_backward'])]
+    text = '\n'.join(md) + '\n'
+    print(text)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    paths = [os.path.join(args.out, 'batch_norm.md'), os.path.join(args.out, 'batch_norm.csv')]
+    with atomic_outputs(paths, force=True) as (tmp_md, tmp_csv):
+        for tmp, content in ((tmp_md, text), (tmp_csv, buf.getvalue())):
+            with open(tmp, 'w') as f:
+                f.write(content)
+
+
+if __name__ == '__main__':
+    main()
