@@ -134,4 +134,12 @@ def test_demo_detector_deploys_to_identical_map(demo_data: Path, tmp_path: Path,
         scores_b = torch.as_tensor(b['pred_instances']['scores']).numpy()
         assert boxes_a.shape == boxes_b.shape and len(boxes_a) > 0
         np.testing.assert_allclose(scores_b, scores_a, rtol=1e-3, atol=1e-5)
-        np.testing.assert_allclose(boxes_b, boxes_a, rtol=1e-3, atol=1e-2)
+        # Detections are sorted by score, and a barely trained detector has near-equal scores, whose
+        # order the two forms' rounding may swap: pair every deploy detection with an unused
+        # training-form one of the same score and box.
+        unused = list(range(len(boxes_a)))
+        for box, score in zip(boxes_b, scores_b):
+            match = [i for i in unused if abs(scores_a[i] - score) <= 1e-5 + 1e-3 * abs(score)
+                     and np.allclose(boxes_a[i], box, rtol=1e-3, atol=1e-2)]
+            assert match, f'deploy detection {box} (score {score}) has no training-form twin'
+            unused.remove(match[0])
