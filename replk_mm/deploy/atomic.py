@@ -57,3 +57,10 @@ def atomic_outputs(paths: Sequence[str], force: bool = False) -> Iterator[List[s
         for tmp in temps:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` (overwriting it, creating its folder) through a temporary file."""
+    with atomic_outputs([path], force=True) as (tmp, ):
+        with open(tmp, 'w') as f:
+            f.write(text)

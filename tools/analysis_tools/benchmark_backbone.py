@@ -18,7 +18,6 @@ import io
 import os
 import statistics
 import sys
-import tempfile
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -28,6 +27,7 @@ from mmengine.config import Config
 from tqdm import tqdm
 
 from replk_mm.deploy import reparameterize_model
+from replk_mm.deploy.atomic import write_text_atomic
 from replk_mm.models import RepLKNet, UniRepLKNet
 from replk_mm.models.backbones.replknet import ARCH_SETTINGS
 from replk_mm.ops import dw_impl_choices, use_bn_impl, use_dw_impl
@@ -175,12 +175,6 @@ def peak_memory_cpu(step: Callable[[], None]) -> float:
     return peak / 2**20
 
 
-def write_atomic(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -241,12 +235,12 @@ def main() -> None:
     text = '\n'.join(md) + '\n'
     print(text)
     os.makedirs(args.out, exist_ok=True)
-    write_atomic(os.path.join(args.out, 'benchmark.md'), text)
+    write_text_atomic(os.path.join(args.out, 'benchmark.md'), text)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(os.path.join(args.out, 'benchmark.csv'), buffer.getvalue())
+    write_text_atomic(os.path.join(args.out, 'benchmark.csv'), buffer.getvalue())
 
 
 if __name__ == '__main__':

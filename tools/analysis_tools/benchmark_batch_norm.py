@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from replk_mm.deploy.atomic import atomic_outputs
+from replk_mm.deploy.atomic import write_text_atomic
 from replk_mm.models import RepLKNet
 from replk_mm.models.layers import BatchNorm2d
 from replk_mm.ops.batch_norm import applies, use_bn_impl
@@ -117,11 +117,8 @@ def main() -> None:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    paths = [os.path.join(args.out, 'batch_norm.md'), os.path.join(args.out, 'batch_norm.csv')]
-    with atomic_outputs(paths, force=True) as (tmp_md, tmp_csv):
-        for tmp, content in ((tmp_md, text), (tmp_csv, buf.getvalue())):
-            with open(tmp, 'w') as f:
-                f.write(content)
+    write_text_atomic(os.path.join(args.out, 'batch_norm.md'), text)
+    write_text_atomic(os.path.join(args.out, 'batch_norm.csv'), buf.getvalue())
 
 
 if __name__ == '__main__':

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from replk_mm.deploy.atomic import write_text_atomic
 from replk_mm.ops import dwconv_ext
 
 CHANNELS = 384
@@ -199,12 +200,6 @@ def run_table1(args, device: torch.device, rates: Dict[str, float], impls: List[
     return rows
 
 
-def write_atomic(path: str, text: str) -> None:
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
 
 def to_csv(rows: List[dict]) -> str:
     buf = io.StringIO()
@@ -372,14 +367,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     if 'passes' in args.parts:
         rows = run_passes(args, device, rates, impls)
         md = '\n'.join(header(args, device, rates) + passes_markdown(args, rows, impls, rates)) + '\n'
-        write_atomic(os.path.join(out, 'dwconv_passes.csv'), to_csv(rows))
-        write_atomic(os.path.join(out, 'dwconv_passes.md'), md)
+        write_text_atomic(os.path.join(out, 'dwconv_passes.csv'), to_csv(rows))
+        write_text_atomic(os.path.join(out, 'dwconv_passes.md'), md)
         print(md)
     if 'table1' in args.parts:
         rows = run_table1(args, device, rates, impls)
         md = '\n'.join(header(args, device, rates) + table1_markdown(args, rows, impls)) + '\n'
-        write_atomic(os.path.join(out, 'dwconv_table1.csv'), to_csv(rows))
-        write_atomic(os.path.join(out, 'dwconv_table1.md'), md)
+        write_text_atomic(os.path.join(out, 'dwconv_table1.csv'), to_csv(rows))
+        write_text_atomic(os.path.join(out, 'dwconv_table1.md'), md)
         plot_table1(args, rows, impls, os.path.join(out, 'dwconv_table1.png'))
         print(md)
     print(f'written to {out}')

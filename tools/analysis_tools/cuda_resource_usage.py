@@ -21,6 +21,8 @@ import sysconfig
 import tempfile
 from typing import Dict, List, Sequence
 
+from replk_mm.deploy.atomic import write_text_atomic
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(ROOT, 'replk_mm', 'ops', 'csrc')
 SOURCE = os.path.join(CSRC, 'cuda', 'dwconv_cuda.cu')
@@ -204,13 +206,6 @@ def nvcc_version() -> str:
     return m.group(1) if m else 'unknown'
 
 
-def write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -238,14 +233,14 @@ def main(argv=None) -> int:
         row['name'] = short_name(row['kernel'])
     fields = ['arch', 'name', 'registers', 'spill_stores', 'spill_loads', 'stack', 'smem', 'kernel']
     lines = [','.join(fields)] + [','.join(str(r[f]) for f in fields) for r in rows]
-    write_atomic(args.csv, '\n'.join(lines) + '\n')
+    write_text_atomic(args.csv, '\n'.join(lines) + '\n')
     with open(args.doc) as f:
         doc = f.read()
     if BEGIN not in doc or END not in doc:
         parser.error(f'{args.doc} lacks the markers {BEGIN} ... {END}')
     head, rest = doc.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    write_atomic(args.doc, f'{head}{BEGIN}\n{render(rows, archs, args.kernel_sizes, mix)}\n{END}{tail}')
+    write_text_atomic(args.doc, f'{head}{BEGIN}\n{render(rows, archs, args.kernel_sizes, mix)}\n{END}{tail}')
     print(f'{len(rows)} kernels x archs -> {args.doc}, {args.csv}')
     return 0
 

@@ -19,7 +19,6 @@ import io
 import os
 import statistics
 import sys
-import tempfile
 import time
 from typing import Dict, List, Tuple
 
@@ -30,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from replk_mm.deploy import reparameterize_model
+from replk_mm.deploy.atomic import write_text_atomic
 from replk_mm.models import UniRepLKNet
 from replk_mm.ops import use_dw_impl
 
@@ -88,12 +88,6 @@ def latency_ms(models: List[nn.Module], x: torch.Tensor, warmup: int, repeats: i
                 times[i].append(time.perf_counter() - start)
     return [statistics.median(t) * 1e3 for t in times]
 
-
-def write_atomic(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -154,12 +148,12 @@ def main() -> None:
     text = '\n'.join(md) + '\n'
     print(text)
     os.makedirs(args.out, exist_ok=True)
-    write_atomic(os.path.join(args.out, 'unireplknet_table.md'), text)
+    write_text_atomic(os.path.join(args.out, 'unireplknet_table.md'), text)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(os.path.join(args.out, 'unireplknet_table.csv'), buffer.getvalue())
+    write_text_atomic(os.path.join(args.out, 'unireplknet_table.csv'), buffer.getvalue())
 
 
 if __name__ == '__main__':
