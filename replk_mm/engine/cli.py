@@ -26,7 +26,12 @@ class ToolError(Exception):
 
 
 def run_tool(main: Callable[[], None]) -> None:
-    """Run ``main``; a :class:`ToolError` becomes ``error: ...`` on stderr and exit status 1."""
+    """Run ``main``; a :class:`ToolError` becomes ``error: ...`` on stderr and exit status 1.
+
+    A distributed run's process group is destroyed on the way out, while the interpreter is still
+    whole: a gloo group left to interpreter shutdown can abort the process ("terminate called
+    without an active exception", pytorch/pytorch#190489), failing a run that had finished.
+    """
     try:
         main()
     except ToolError as err:
@@ -34,6 +39,9 @@ def run_tool(main: Callable[[], None]) -> None:
             raise
         print('error: ' + ' '.join(str(err).split()), file=sys.stderr)
         sys.exit(1)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str],

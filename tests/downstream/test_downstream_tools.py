@@ -178,3 +178,22 @@ def test_checkpoint_of_another_model_is_one_line(data_root, tmp_path, capsys):
     assert line.startswith('error: ') and other in line
     assert 'decode_head.' in line and 'neck.' in line  # the keys, both ways
     assert 'trained with this config' in line
+
+
+@pytest.mark.parametrize('fails', [False, True])
+def test_run_tool_destroys_the_process_group(monkeypatch, fails):
+    from replk_mm.engine.cli import ToolError, run_tool
+    destroyed = []
+    monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: True)
+    monkeypatch.setattr(torch.distributed, 'destroy_process_group', lambda: destroyed.append(1))
+
+    def main():
+        if fails:
+            raise ToolError('bad input')
+
+    if fails:
+        with pytest.raises(SystemExit):
+            run_tool(main)
+    else:
+        run_tool(main)
+    assert destroyed == [1]
