@@ -8,24 +8,18 @@ loops): 3-7x PyTorch's forward and 1.5-2.5x its backward on RepLKNet's shapes (d
 the module's business.
 """
 import contextlib
-import os
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
 from .dwconv_ext import extension_loaded
+from .impl_override import ImplOverride
 
 IMPL_ENV = 'REPLK_MM_BN_IMPL'
-IMPLS = ('auto', 'torch')
+_OVERRIDE = ImplOverride(IMPL_ENV, ('torch', ), 'batch-norm')
 _DTYPES = (torch.float32, torch.float64)
 _HAS_CPU_KERNEL = extension_loaded() and torch._C._dispatch_has_kernel_for_dispatch_key(
     'replk_mm::batch_norm_train_forward', 'CPU')
-_forced: List[str] = []
-
-
-def _check_impl(impl: str, source: str) -> None:
-    if impl not in IMPLS:
-        raise ValueError(f'{source} must be one of {IMPLS}, got {impl!r}')
 
 
 @contextlib.contextmanager
@@ -33,20 +27,8 @@ def use_bn_impl(impl: str) -> Iterator[None]:
     """Within the block, ``'torch'`` keeps every :class:`~replk_mm.models.layers.BatchNorm2d` on
     PyTorch's kernel and ``'auto'`` lets it use the package's where :func:`applies` (the default;
     the environment variable ``REPLK_MM_BN_IMPL`` sets it for a process)."""
-    _check_impl(impl, 'use_bn_impl')
-    _forced.append(impl)
-    try:
+    with _OVERRIDE.use(impl, 'use_bn_impl'):
         yield
-    finally:
-        _forced.pop()
-
-
-def _requested_impl() -> str:
-    if _forced:
-        return _forced[-1]
-    impl = os.environ.get(IMPL_ENV, 'auto') or 'auto'
-    _check_impl(impl, IMPL_ENV)
-    return impl
 
 
 def _kernel_takes(x: torch.Tensor) -> bool:
@@ -57,7 +39,7 @@ def _kernel_takes(x: torch.Tensor) -> bool:
 def applies(x: torch.Tensor) -> bool:
     """Whether the kernel takes ``x`` (a contiguous float32 / float64 CPU tensor ``(N, C, *)``)
     and is not switched off by :func:`use_bn_impl` / ``REPLK_MM_BN_IMPL``."""
-    return _kernel_takes(x) and _requested_impl() == 'auto'
+    return _kernel_takes(x) and _OVERRIDE.requested() == 'auto'
 
 
 if _HAS_CPU_KERNEL:

@@ -18,7 +18,6 @@ the context manager :func:`use_dw_impl` (which wins over the variable).
 import contextlib
 import functools
 import logging
-import os
 import threading
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -28,14 +27,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
+from .impl_override import ImplOverride
+
 IMPL_ENV = 'REPLK_MM_DW_IMPL'
 IMPLS = ('torch', 'torch_channels_last', 'ext')
+_OVERRIDE = ImplOverride(IMPL_ENV, IMPLS, 'depth-wise conv')
 _TIMED_REPS = 2
 _ELIMINATE = 4.0
 
 ChoiceKey = Tuple[str, torch.dtype, int, bool, bool]
 _choices: Dict[ChoiceKey, str] = {}
-_forced: List[str] = []
 
 
 def _check_inputs(x: torch.Tensor, weight: torch.Tensor,
@@ -109,12 +110,8 @@ def available_dw_impls(x: torch.Tensor) -> List[str]:
 @contextlib.contextmanager
 def use_dw_impl(impl: str) -> Iterator[None]:
     """Force one implementation (or ``'auto'``) inside the block, e.g. for deterministic tests."""
-    _validate_impl(impl, 'use_dw_impl')
-    _forced.append(impl)
-    try:
+    with _OVERRIDE.use(impl, 'use_dw_impl'):
         yield
-    finally:
-        _forced.pop()
 
 
 def dw_impl_choices() -> Dict[ChoiceKey, str]:
@@ -126,20 +123,6 @@ def dw_impl_choices() -> Dict[ChoiceKey, str]:
 def clear_dw_impl_cache() -> None:
     """Forget the automatic choices (they are measured again on the next calls)."""
     _choices.clear()
-
-
-def _validate_impl(impl: str, source: str) -> None:
-    if impl not in ('auto', ) + IMPLS:
-        raise ValueError(f'{source}: unknown depth-wise conv implementation {impl!r}; choose one '
-                         f'of auto, {", ".join(IMPLS)}')
-
-
-def _requested_impl() -> str:
-    if _forced:
-        return _forced[-1]
-    impl = os.environ.get(IMPL_ENV, 'auto') or 'auto'
-    _validate_impl(impl, IMPL_ENV)
-    return impl
 
 
 def _needs_grad(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
@@ -205,7 +188,7 @@ def _time_candidates(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 
 
 def _select_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> str:
-    impl = _requested_impl()
+    impl = _OVERRIDE.requested()
     if impl == 'ext':
         if 'ext' not in available_dw_impls(x):
             raise RuntimeError(
