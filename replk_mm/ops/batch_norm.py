@@ -1,8 +1,8 @@
 """Training-mode batch normalization through the package's CPU kernel (``replk_mm._ext``).
 
 ``replk_mm::batch_norm_train_forward`` normalizes a contiguous ``(N, C, *)`` float32 / float64 CPU
-tensor with its batch statistics and returns them; ``replk_mm::batch_norm_train_backward`` is its
-gradient. Each channel is read from memory once per pass (PyTorch's kernel reduces with strided
+tensor with its batch statistics, optionally applies a fused ReLU or GELU, and returns the statistics
+too; ``replk_mm::batch_norm_train_backward`` is its gradient. Each channel is read from memory once per pass (PyTorch's kernel reduces with strided
 loops): 3-7x PyTorch's forward and 1.5-2.5x its backward on RepLKNet's shapes (docs/ops.md).
 :class:`replk_mm.models.layers.BatchNorm2d` uses it where :func:`applies`; running statistics stay
 the module's business.
@@ -18,6 +18,7 @@ from .impl_override import ImplOverride
 IMPL_ENV = 'REPLK_MM_BN_IMPL'
 _OVERRIDE = ImplOverride(IMPL_ENV, ('torch', ), 'batch-norm')
 _DTYPES = (torch.float32, torch.float64)
+ACTIVATIONS = ('none', 'relu', 'gelu')
 _HAS_CPU_KERNEL = extension_loaded() and torch._C._dispatch_has_kernel_for_dispatch_key(
     'replk_mm::batch_norm_train_forward', 'CPU')
 
@@ -46,51 +47,59 @@ if _HAS_CPU_KERNEL:
 
     @torch.library.register_fake('replk_mm::batch_norm_train_forward')
     def _forward_fake(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                      eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      eps: float, activation: str = 'none') -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return torch.empty_like(x), x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
 
     @torch.library.register_fake('replk_mm::batch_norm_train_backward')
     def _backward_fake(grad_out: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
-                       weight: Optional[torch.Tensor],
-                       eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
+                       activation: str = 'none') -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return torch.empty_like(x), x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
 
     def _setup_context(ctx, inputs, output) -> None:
-        x, weight, _, eps = inputs
+        x, weight, bias, eps = inputs[:4]
         _, mean, var = output
         ctx.mark_non_differentiable(mean, var)
-        ctx.save_for_backward(x, mean, var, weight)
+        ctx.save_for_backward(x, mean, var, weight, bias)
         ctx.eps = eps
+        ctx.activation = inputs[4] if len(inputs) > 4 else 'none'
 
     def _backward(ctx, grad_out: torch.Tensor, _grad_mean, _grad_var):
-        x, mean, var, weight = ctx.saved_tensors
+        x, mean, var, weight, bias = ctx.saved_tensors
         grad_x, grad_weight, grad_bias = torch.ops.replk_mm.batch_norm_train_backward(
-            grad_out, x, mean, var, weight, ctx.eps)
+            grad_out, x, mean, var, weight, bias, ctx.eps, ctx.activation)
         needs = ctx.needs_input_grad
         return (grad_x if needs[0] else None, grad_weight if needs[1] else None,
-                grad_bias if needs[2] else None, None)
+                grad_bias if needs[2] else None, None, None)
 
     torch.library.register_autograd(
         'replk_mm::batch_norm_train_forward', _backward, setup_context=_setup_context)
 
 
 def batch_norm_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                     eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch-statistics normalization; differentiable in ``x``, ``weight`` and ``bias``.
+                     eps: float, activation: str = 'none') -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch-statistics normalization, then an optional fused activation; differentiable in ``x``,
+    ``weight`` and ``bias``.
 
     Args:
         x: ``(N, C, *)``, contiguous, float32 or float64, on the CPU.
         weight, bias: ``(C,)`` or None.
         eps: added to the variance.
+        activation: ``'none'``, ``'relu'`` or ``'gelu'`` (the exact, erf form of ``nn.GELU()``),
+            applied to the normalized values in the same pass; the normalized tensor itself is
+            never stored.
 
     Returns:
-        ``(y, mean, var)``: ``y`` like ``x``; the per-channel mean and biased variance ``(C,)``
-        (not differentiable).
+        ``(y, mean, var)``: ``y = act(BN(x))`` like ``x``; the per-channel mean and biased variance
+        ``(C,)`` (not differentiable).
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f'batch_norm_train: unknown activation {activation!r}; choose one of '
+                         f'{", ".join(ACTIVATIONS)}')
     if not _kernel_takes(x):
         raise ValueError(
             'batch_norm_train needs a contiguous float32/float64 CPU tensor (N, C, *) with more than '
             f'one value per channel and the built extension; got {tuple(x.shape)} {x.dtype} on '
             f'{x.device} (contiguous: {x.is_contiguous()}, extension: {_HAS_CPU_KERNEL}); '
             'use torch.nn.functional.batch_norm for other inputs')
-    return torch.ops.replk_mm.batch_norm_train_forward(x, weight, bias, eps)
+    return torch.ops.replk_mm.batch_norm_train_forward(x, weight, bias, eps, activation)

@@ -1,12 +1,16 @@
-"""Training-mode batch norm through the extension (replk_mm.ops.batch_norm) and the BatchNorm2d
-module built on it: values, gradients, running statistics and fallbacks against PyTorch's BN."""
+"""Training-mode batch norm through the extension (replk_mm.ops.batch_norm), with and without a
+fused activation, and the BatchNorm2d / ConvBN modules built on it: values, gradients, running
+statistics and fallbacks against PyTorch's BN."""
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from replk_mm.models.layers import BatchNorm2d, build_norm
+from replk_mm.models.layers import BatchNorm2d, ConvBN, build_norm
+from replk_mm.models.layers.batch_norm import fusable_activation
 from replk_mm.ops import batch_norm as bn_op
+
+ACTIVATIONS = {'none': lambda t: t, 'relu': F.relu, 'gelu': F.gelu}
 
 
 def _inputs(shape, dtype=torch.float32, affine=True, seed=0):
@@ -51,23 +55,44 @@ def test_values_and_gradients_match_pytorch(shape, dtype, affine):
     assert not mean.requires_grad and not var.requires_grad
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize('shape', [(2, 16, 7, 7), (3, 5, 13), (2, 40, 14, 9)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('activation', ['relu', 'gelu'])
+def test_fused_activation_matches_pytorch(shape, dtype, activation):
+    x, weight, bias, grad_out = _inputs(shape, dtype)
+    ours = _grads(lambda *a: bn_op.batch_norm_train(*a, 1e-5, activation)[0], x, weight, bias,
+                  grad_out)
+    ref = _grads(lambda *a: ACTIVATIONS[activation](
+        F.batch_norm(a[0], None, None, a[1], a[2], True, 0.1, 1e-5)), x, weight, bias, grad_out)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for a, r in zip(ours, ref):
+        torch.testing.assert_close(a, r, **tol)
+    assert (ours[0] == 0).any() if activation == 'relu' else (ours[0] < 0).any()
+
+
+@pytest.mark.parametrize('activation', ['none', 'relu', 'gelu'])
+def test_gradcheck_float64(activation):
     x, weight, bias, _ = _inputs((2, 3, 3, 4), torch.float64)
     args = (x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_())
-    assert torch.autograd.gradcheck(lambda *a: bn_op.batch_norm_train(*a, 1e-3)[0], args)
+    assert torch.autograd.gradcheck(lambda *a: bn_op.batch_norm_train(*a, 1e-3, activation)[0], args)
 
 
 def test_torch_compile_uses_the_fake_kernels():
     x, weight, bias, _ = _inputs((2, 6, 5, 7))
 
     def f(x, w, b):
-        return bn_op.batch_norm_train(x, w, b, 1e-5)[0].relu().sum()
+        y = bn_op.batch_norm_train(x, w, b, 1e-5, 'gelu')[0]
+        return bn_op.batch_norm_train(y, w, b, 1e-5)[0].relu().sum()
+
+    def ref_f(x, w, b):
+        y = F.gelu(F.batch_norm(x, None, None, w, b, True))
+        return F.batch_norm(y, None, None, w, b, True).relu().sum()
 
     compiled = torch.compile(f, backend='aot_eager', fullgraph=True)
     args = [t.clone().requires_grad_() for t in (x, weight, bias)]
     compiled(*args).backward()
     ref = [t.clone().requires_grad_() for t in (x, weight, bias)]
-    F.batch_norm(ref[0], None, None, ref[1], ref[2], True).relu().sum().backward()
+    ref_f(*ref).backward()
     for a, r in zip(args, ref):
         torch.testing.assert_close(a.grad, r.grad, rtol=1e-4, atol=1e-4)
 
@@ -85,7 +110,12 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(RuntimeError, match="bias must match x's dtype"):
         torch.ops.replk_mm.batch_norm_train_forward(x, None, torch.ones(4, dtype=torch.float64), 1e-5)
     with pytest.raises(RuntimeError, match="grad_out must have x's shape"):
-        torch.ops.replk_mm.batch_norm_train_backward(x[:1], x, x[0, :, 0, 0], x[0, :, 0, 0], None, 1e-5)
+        torch.ops.replk_mm.batch_norm_train_backward(x[:1], x, x[0, :, 0, 0], x[0, :, 0, 0], None,
+                                                     None, 1e-5)
+    with pytest.raises(ValueError, match="unknown activation 'silu'; choose one of none, relu, gelu"):
+        bn_op.batch_norm_train(x, None, None, 1e-5, 'silu')
+    with pytest.raises(RuntimeError, match="unknown activation 'silu'; choose one of none, relu, gelu"):
+        torch.ops.replk_mm.batch_norm_train_forward(x, None, None, 1e-5, 'silu')
 
 
 @pytest.mark.parametrize('momentum', [0.1, None])
@@ -145,3 +175,39 @@ def test_use_bn_impl_switches_the_module_to_pytorch(monkeypatch):
     with pytest.raises(ValueError, match="use_bn_impl: unknown batch-norm implementation 'ext'"):
         with bn_op.use_bn_impl('ext'):
             pass
+
+
+def test_fusable_activation():
+    bn = BatchNorm2d(4)
+    assert fusable_activation(bn, None) == 'none'
+    assert fusable_activation(bn, nn.ReLU(inplace=True)) == 'relu'
+    assert fusable_activation(bn, nn.GELU()) == 'gelu'
+    assert fusable_activation(bn, nn.GELU(approximate='tanh')) is None
+    assert fusable_activation(bn, nn.LeakyReLU()) is None
+    assert fusable_activation(nn.BatchNorm2d(4), nn.ReLU()) is None
+
+
+@pytest.mark.parametrize('act', ['ReLU', 'GELU'])
+def test_conv_bn_fuses_its_activation_and_falls_back_when_the_norm_is_replaced(act, monkeypatch):
+    import replk_mm.models.layers.batch_norm as bn_module
+    torch.manual_seed(0)
+    block = ConvBN(3, 8, 3, norm_cfg=dict(type='BN'), act_cfg=dict(type=act))
+    x, _, _, grad_out = _inputs((2, 3, 9, 7))
+    grad_out = grad_out[:, :1].expand(2, 8, 9, 7).contiguous()
+    kernel_calls, hook_calls = [], []
+    monkeypatch.setattr(bn_module, 'batch_norm_train', lambda *a: kernel_calls.append(a[-1])
+                        or bn_op.batch_norm_train(*a))
+    block.bn.register_forward_hook(lambda *args: hook_calls.append('bn'))
+    fused = _grads(lambda t, *_: block(t), x, None, None, grad_out)
+    assert kernel_calls == [act.lower()] and hook_calls == ['bn']
+    with bn_op.use_bn_impl('torch'):
+        ref = _grads(lambda t, *_: block(t), x, None, None, grad_out)
+    assert kernel_calls == [act.lower()] and hook_calls == ['bn', 'bn']
+    for a, r in zip(fused, ref):
+        if r is not None:
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+    # a converter (SyncBN revert, conv-BN fusion) swapping the norm is picked up at the next call
+    plain = nn.BatchNorm2d(8)
+    plain.load_state_dict(block.bn.state_dict())
+    block.bn = plain
+    torch.testing.assert_close(block(x), ref[0], rtol=1e-4, atol=1e-4)

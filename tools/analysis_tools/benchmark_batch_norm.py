@@ -74,7 +74,7 @@ def measure(shape: tuple, repeats: int) -> Dict[str, float]:
         'ours_forward': lambda: torch.ops.replk_mm.batch_norm_train_forward(x, weight, bias, 1e-5),
         'torch_backward': lambda: torch.autograd.grad(out, leaves, grad_out, retain_graph=True),
         'ours_backward': lambda: torch.ops.replk_mm.batch_norm_train_backward(
-            grad_out, x, mean, var, weight, 1e-5),
+            grad_out, x, mean, var, weight, bias, 1e-5),
     }, repeats)
 
 

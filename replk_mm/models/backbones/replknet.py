@@ -122,13 +122,13 @@ class ConvFFN(nn.Module):
                  norm_cfg: dict, act_cfg: dict) -> None:
         super().__init__()
         self.preffn_bn = build_norm(norm_cfg, channels)
-        self.pw1 = ConvBN(channels, hidden_channels, 1, norm_cfg=norm_cfg)
-        self.nonlinear = build_activation_layer(act_cfg)
+        # the activation sits in pw1, so it can run fused into pw1's batch norm
+        self.pw1 = ConvBN(channels, hidden_channels, 1, norm_cfg=norm_cfg, act_cfg=act_cfg)
         self.pw2 = ConvBN(hidden_channels, channels, 1, norm_cfg=norm_cfg)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.pw2(self.nonlinear(self.pw1(self.preffn_bn(x))))
+        out = self.pw2(self.pw1(self.preffn_bn(x)))
         return x + self.drop_path(out)
 
 

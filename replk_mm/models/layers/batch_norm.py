@@ -1,24 +1,49 @@
-"""``BatchNorm2d``: ``nn.BatchNorm2d`` whose training pass runs the package's CPU kernel, and the
-norm builder every layer of the package uses."""
+"""``BatchNorm2d``: ``nn.BatchNorm2d`` whose training pass runs the package's CPU kernel (with an
+optional fused ReLU / GELU), and the norm builder every layer of the package uses."""
+from typing import Callable, Dict, Optional
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 
 from ...ops.batch_norm import applies, batch_norm_train
+
+_ACTIVATION_FNS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    'none': lambda x: x, 'relu': F.relu, 'gelu': F.gelu}
+
+
+def fusable_activation(norm: nn.Module, act: Optional[nn.Module]) -> Optional[str]:
+    """The ``activation`` :meth:`BatchNorm2d.forward` takes for ``act(norm(x))`` (``'none'`` without
+    an activation), or None when ``norm`` is not a :class:`BatchNorm2d` or ``act`` is not a plain
+    ``nn.ReLU`` / exact ``nn.GELU``."""
+    if not isinstance(norm, BatchNorm2d):
+        return None
+    if act is None:
+        return 'none'
+    if type(act) is nn.ReLU:
+        return 'relu'
+    if type(act) is nn.GELU and act.approximate == 'none':
+        return 'gelu'
+    return None
 
 
 class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` (same arguments, state-dict keys and results) that normalizes with batch
     statistics through :func:`replk_mm.ops.batch_norm.batch_norm_train` when that applies to the
     input (contiguous float32 / float64 on the CPU); PyTorch's kernel otherwise, and always in eval
-    mode with running statistics. ``(N, C, H, W) -> (N, C, H, W)``."""
+    mode with running statistics. ``(N, C, H, W) -> (N, C, H, W)``.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    ``forward(x, activation='relu' | 'gelu')`` applies the activation in the same kernel pass (a
+    ``ConvBN`` with such an activation calls it so), and the normalized tensor is never stored."""
+
+    def forward(self, x: torch.Tensor, activation: str = 'none') -> torch.Tensor:
+        """``act(BN(x))`` with ``activation`` one of ``'none'``, ``'relu'``, ``'gelu'``."""
         uses_batch_stats = self.training or self.running_mean is None
         if not (uses_batch_stats and applies(x)):
-            return super().forward(x)
+            return _ACTIVATION_FNS[activation](super().forward(x))
         self._check_input_dim(x)
-        y, mean, var = batch_norm_train(x, self.weight, self.bias, self.eps)
+        y, mean, var = batch_norm_train(x, self.weight, self.bias, self.eps, activation)
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
             factor = (1.0 / float(self.num_batches_tracked)
