@@ -9,7 +9,8 @@ Candidates: ``torch`` (PyTorch in NCHW), ``torch_channels_last`` (PyTorch in NHW
 ``ext`` (the package's compiled extension, ``replk_mm.ops.dwconv_ext``, when it is built and
 supports the input). Like ``cudnn.benchmark``, the first call for each (device type, dtype, K,
 gradient needed, input memory format) times every candidate on that call's input (forward, plus backward when a
-gradient is needed) and caches the fastest. The output keeps the input's memory format; a
+gradient is needed) and caches the fastest; under ``torch.compile`` a key without a measured choice
+takes the extension where it applies (nothing is timed inside a graph). The output keeps the input's memory format; a
 network kept in channels_last pays no conversion on the channels_last path.
 
 Override: the environment variable ``REPLK_MM_DW_IMPL=auto|torch|torch_channels_last|ext`` or
@@ -198,12 +199,16 @@ def _select_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         return impl
     if impl != 'auto':
         return impl
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return 'torch'  # graph capture: no timing inside a traced / compiled graph
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return 'torch'  # TorchScript graphs hold no custom-op calls of ours
     needs_grad = _needs_grad(x, weight, bias)
     key = (x.device.type, x.dtype, weight.shape[-1], needs_grad, _is_channels_last(x))
     candidates = available_dw_impls(x)
     choice = _choices.get(key)
+    if choice is None and torch.compiler.is_compiling():
+        # no timing inside a compiled graph: an eager call's measured choice if there was one,
+        # else the extension where it takes the input
+        return 'ext' if 'ext' in candidates else 'torch'
     if choice is None:
         times = _time_candidates(x, weight, bias, needs_grad, candidates)
         choice = min(times, key=times.get)

@@ -166,6 +166,27 @@ def test_no_measurement_while_tracing(monkeypatch):
     assert dw_impl_choices() == {}
 
 
+@pytest.mark.skipif(not dw.available_dw_impls(torch.zeros(1, 1, 1, 1)).count('ext'),
+                    reason='the extension is not built')
+@pytest.mark.parametrize('measured', [None, 'torch'])
+def test_a_compiled_graph_keeps_the_extension_or_the_measured_choice(monkeypatch, measured):
+    monkeypatch.setattr(dw, '_time_candidates', lambda *a: pytest.fail('measured while compiling'))
+    module = dw.DepthwiseConv2d(3, 7, bias=True)
+    x = torch.randn(1, 3, 8, 8)
+    if measured is not None:  # an eager call measured (here: stubbed) before compiling
+        monkeypatch.setattr(dw, '_choices', {('cpu', torch.float32, 7, True, False): measured})
+    targets = []
+
+    def record(gm, example_inputs):
+        targets.extend(node.target for node in gm.graph.nodes if node.op == 'call_function')
+        return gm
+
+    out = torch.compile(module, backend=record, fullgraph=True)(x)
+    torch.testing.assert_close(out, reference(x, module.weight, module.bias))
+    uses_ext = torch.ops.replk_mm.dwconv2d_forward in targets
+    assert uses_ext == (measured is None)
+
+
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match=r'\(N, C, H, W\)'):
         depthwise_conv2d(torch.randn(3, 8, 8), torch.randn(3, 1, 3, 3))
