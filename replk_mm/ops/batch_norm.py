@@ -56,24 +56,7 @@ if _HAS_CPU_KERNEL:
                        activation: str = 'none') -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return torch.empty_like(x), x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
 
-    def _setup_context(ctx, inputs, output) -> None:
-        x, weight, bias, eps = inputs[:4]
-        _, mean, var = output
-        ctx.mark_non_differentiable(mean, var)
-        ctx.save_for_backward(x, mean, var, weight, bias)
-        ctx.eps = eps
-        ctx.activation = inputs[4] if len(inputs) > 4 else 'none'
-
-    def _backward(ctx, grad_out: torch.Tensor, _grad_mean, _grad_var):
-        x, mean, var, weight, bias = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = torch.ops.replk_mm.batch_norm_train_backward(
-            grad_out, x, mean, var, weight, bias, ctx.eps, ctx.activation)
-        needs = ctx.needs_input_grad
-        return (grad_x if needs[0] else None, grad_weight if needs[1] else None,
-                grad_bias if needs[2] else None, None, None)
-
-    torch.library.register_autograd(
-        'replk_mm::batch_norm_train_forward', _backward, setup_context=_setup_context)
+    # autograd: in C++ (csrc/bindings/batch_norm_bindings.cpp), so a backward step runs no Python
 
 
 def batch_norm_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
