@@ -2,8 +2,10 @@
 
 ``replk_mm::batch_norm_train_forward`` normalizes a contiguous ``(N, C, *)`` float32 / float64 CPU
 tensor with its batch statistics, optionally applies a fused ReLU or GELU, and returns the statistics
-too; ``replk_mm::batch_norm_train_backward`` is its gradient. Each channel is read from memory once per pass (PyTorch's kernel reduces with strided
-loops): 3-7x PyTorch's forward and 1.5-2.5x its backward on RepLKNet's shapes (docs/ops.md).
+too; ``replk_mm::batch_norm_train_backward`` is its gradient (the autograd formula is registered
+in C++, ``csrc/bindings/batch_norm_bindings.cpp``; this module adds the fake kernels). Each
+channel is read from memory once per pass (PyTorch's kernel reduces with strided loops): 3-7x
+PyTorch's forward and 1.5-2.5x its backward on RepLKNet's shapes (docs/ops.md).
 :class:`replk_mm.models.layers.BatchNorm2d` uses it where :func:`applies`; running statistics stay
 the module's business.
 """
@@ -55,8 +57,6 @@ if _HAS_CPU_KERNEL:
                        weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
                        activation: str = 'none') -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return torch.empty_like(x), x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
-
-    # autograd: in C++ (csrc/bindings/batch_norm_bindings.cpp), so a backward step runs no Python
 
 
 def batch_norm_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],

@@ -177,6 +177,11 @@ def test_use_bn_impl_switches_the_module_to_pytorch(monkeypatch):
             pass
 
 
+def test_module_rejects_an_unknown_activation():
+    with pytest.raises(ValueError, match="unknown activation 'silu'; choose one of none, relu, gelu"):
+        BatchNorm2d(3).eval()(torch.randn(2, 3, 4, 4), activation='silu')
+
+
 def test_fusable_activation():
     bn = BatchNorm2d(4)
     assert fusable_activation(bn, None) == 'none'

@@ -39,6 +39,9 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor, activation: str = 'none') -> torch.Tensor:
         """``act(BN(x))`` with ``activation`` one of ``'none'``, ``'relu'``, ``'gelu'``."""
+        if activation not in _ACTIVATION_FNS:
+            raise ValueError(f'BatchNorm2d: unknown activation {activation!r}; choose one of '
+                             f'{", ".join(_ACTIVATION_FNS)}')
         uses_batch_stats = self.training or self.running_mean is None
         if not (uses_batch_stats and applies(x)):
             return _ACTIVATION_FNS[activation](super().forward(x))
