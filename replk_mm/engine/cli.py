@@ -16,6 +16,7 @@ from mmengine.runner import Runner
 
 from ..checkpoint import (UnsafeCheckpointError, extract_state_dict, load_checkpoint_file,
                           load_state_dict_checked)
+from ..models.layers import use_package_batch_norm
 from .distributed import setup_cpu_distributed
 
 DEMO_HINT = 'for the synthetic demo data run `python tools/misc/make_demo_data.py`'
@@ -122,12 +123,17 @@ def check_pretrained(cfg: Config) -> None:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """``Runner.from_cfg`` with model-building mistakes (bad arch, bad arguments) as ToolError."""
+    """``Runner.from_cfg`` with model-building mistakes (bad arch, bad arguments) as ToolError.
+    On one process the SyncBN layers the Runner reverted to plain BN run the package's batch norm
+    (:func:`~replk_mm.models.layers.use_package_batch_norm`)."""
     try:
-        return Runner.from_cfg(cfg)
+        runner = Runner.from_cfg(cfg)
     except (ValueError, KeyError, TypeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         raise ToolError(f'cannot build the model of this config: {msg}') from err
+    if not runner.distributed:
+        use_package_batch_norm(runner.model)
+    return runner
 
 
 def _few(keys: List[str], n: int = 3) -> str:

@@ -11,16 +11,18 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 
+from ..models.layers import use_package_batch_norm
 from ..registry import MODEL_WRAPPERS
 
 
 @MODEL_WRAPPERS.register_module()
 class CPUDistributedDataParallel(MMDistributedDataParallel):
-    """``MMDistributedDataParallel`` for CPU processes: no device ids, and SyncBN reverted to BN
-    (SyncBatchNorm has no CPU kernel; each process keeps its own batch statistics)."""
+    """``MMDistributedDataParallel`` for CPU processes: no device ids, and SyncBN reverted to the
+    package's BN (SyncBatchNorm has no CPU kernel; each process keeps its own batch statistics)."""
 
     def __init__(self, module: nn.Module, device_ids=None, **kwargs) -> None:
-        super().__init__(module=revert_sync_batchnorm(module), device_ids=None, **kwargs)
+        module = use_package_batch_norm(revert_sync_batchnorm(module))
+        super().__init__(module=module, device_ids=None, **kwargs)
 
 
 def setup_cpu_distributed(cfg: Config, launcher: str) -> None:

@@ -197,3 +197,20 @@ def test_run_tool_destroys_the_process_group(monkeypatch, fails):
     else:
         run_tool(main)
     assert destroyed == [1]
+
+
+def test_one_process_runner_gives_reverted_syncbn_the_package_batch_norm(tmp_path):
+    from mmengine.config import Config
+    from mmengine.model.utils import _BatchNormXd
+
+    from replk_mm.engine.cli import build_runner
+    from replk_mm.models.layers import BatchNormXd, ConvBN
+    from replk_mm.models.layers.batch_norm import fusable_activation
+    cfg = Config.fromfile(SEG_DEMO)
+    assert cfg.model.backbone.norm_cfg.type == 'SyncBN'
+    cfg.work_dir = str(tmp_path)
+    model = build_runner(cfg).model
+    assert not any(type(m) is _BatchNormXd for m in model.modules())
+    assert sum(type(m) is BatchNormXd for m in model.modules()) > 0
+    fused = {fusable_activation(m.bn, m.act) for m in model.backbone.modules() if isinstance(m, ConvBN)}
+    assert fused == {'none', 'relu', 'gelu'}

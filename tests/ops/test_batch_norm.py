@@ -216,3 +216,31 @@ def test_conv_bn_fuses_its_activation_and_falls_back_when_the_norm_is_replaced(a
     plain.load_state_dict(block.bn.state_dict())
     block.bn = plain
     torch.testing.assert_close(block(x), ref[0], rtol=1e-4, atol=1e-4)
+
+
+def test_use_package_batch_norm_swaps_reverted_syncbn_in_place():
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.model.utils import _BatchNormXd
+
+    from replk_mm.models.layers import BatchNormXd, use_package_batch_norm
+    torch.manual_seed(0)
+    model = revert_sync_batchnorm(nn.Sequential(
+        ConvBN(3, 8, 3, norm_cfg=dict(type='SyncBN'), act_cfg=dict(type='ReLU')),
+        nn.Flatten(2), build_norm(dict(type='SyncBN'), 8)))  # the last one sees (N, C, L)
+    assert [type(m) for m in model.modules()].count(_BatchNormXd) == 2
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    x, _, _, _ = _inputs((2, 3, 6, 5))
+    reference = model(x)
+    use_package_batch_norm(model)
+    assert [type(m) for m in model.modules()].count(BatchNormXd) == 2
+    assert not any(type(m) is _BatchNormXd for m in model.modules())
+    assert all(a is b for a, b in zip(model.parameters(), params))
+    out = model(x)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    before = [p.detach().clone() for p in params]
+    out.square().sum().backward()
+    optimizer.step()  # the optimizer built before the swap updates the swapped layers' weights
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    with pytest.raises(ValueError, match=r'expected an \(N, C, \*\) input, got 1-D'):
+        model[2](torch.randn(8))

@@ -1,6 +1,6 @@
 """Building blocks shared by the backbones: BN and conv-BN, re-parameterizable convs, the reparam
 protocol."""
-from .batch_norm import BatchNorm2d, build_norm
+from .batch_norm import BatchNorm2d, BatchNormXd, build_norm, use_package_batch_norm
 from .conv_bn import ConvBN
 from .dilated_reparam import DilatedReparamBlock
 from .grn import GRN
@@ -13,7 +13,8 @@ from .se import SEBlock
 from .unireplknet_block import UniRepLKNetBlock
 
 __all__ = [
-    'BatchNorm2d', 'build_norm', 'ConvBN', 'ReparamLargeKernelConv', 'ReparamMixin',
-    'dilate_kernel', 'fuse_conv_bn', 'pad_kernel', 'reparameterize_model', 'DilatedReparamBlock',
-    'GRN', 'LayerNorm2d', 'ToChannelsFirst', 'ToChannelsLast', 'SEBlock', 'UniRepLKNetBlock'
+    'BatchNorm2d', 'BatchNormXd', 'build_norm', 'use_package_batch_norm', 'ConvBN',
+    'ReparamLargeKernelConv', 'ReparamMixin', 'dilate_kernel', 'fuse_conv_bn', 'pad_kernel',
+    'reparameterize_model', 'DilatedReparamBlock', 'GRN', 'LayerNorm2d', 'ToChannelsFirst',
+    'ToChannelsLast', 'SEBlock', 'UniRepLKNetBlock'
 ]

@@ -1,11 +1,13 @@
 """``BatchNorm2d``: ``nn.BatchNorm2d`` whose training pass runs the package's CPU kernel (with an
-optional fused ReLU / GELU), and the norm builder every layer of the package uses."""
+optional fused ReLU / GELU), the norm builder every layer of the package uses, and the swap that
+gives SyncBN layers reverted on one process the same kernel."""
 from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
+from mmengine.model.utils import _BatchNormXd
 
 from ...ops.batch_norm import applies, batch_norm_train
 
@@ -56,6 +58,34 @@ class BatchNorm2d(nn.BatchNorm2d):
                 self.running_mean.lerp_(mean, factor)
                 self.running_var.lerp_(var * (count / (count - 1)), factor)
         return y
+
+
+class BatchNormXd(BatchNorm2d):
+    """:class:`BatchNorm2d` for inputs ``(N, C, *)`` of any rank: what :func:`use_package_batch_norm`
+    turns MMEngine's ``_BatchNormXd`` (a SyncBN reverted on one process) into."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f'expected an (N, C, *) input, got {x.dim()}-D')
+
+
+def use_package_batch_norm(model: nn.Module) -> nn.Module:
+    """Replace in place every MMEngine ``_BatchNormXd`` of ``model`` (what the Runner and
+    ``revert_sync_batchnorm`` make of SyncBN without a process group) by a :class:`BatchNormXd`
+    holding the same parameter and buffer objects, so those layers run the package's kernel and
+    ``ConvBN`` fuses their activations. An optimizer built before keeps working. Returns ``model``."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not _BatchNormXd:
+                continue
+            swapped = BatchNormXd(child.num_features, child.eps, child.momentum, child.affine,
+                                  child.track_running_stats)
+            swapped.weight, swapped.bias = child.weight, child.bias
+            swapped.running_mean, swapped.running_var = child.running_mean, child.running_var
+            swapped.num_batches_tracked = child.num_batches_tracked
+            swapped.train(child.training)
+            setattr(parent, name, swapped)
+    return model
 
 
 def build_norm(cfg: dict, num_features: int) -> nn.Module:
