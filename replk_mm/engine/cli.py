@@ -30,11 +30,15 @@ def run_tool(main: Callable[[], None]) -> None:
     """Run ``main``; a :class:`ToolError` becomes ``error: ...`` on stderr and exit status 1.
 
     A distributed run's process group is destroyed on the way out, while the interpreter is still
-    whole: a gloo group left to interpreter shutdown can abort the process ("terminate called
-    without an active exception", pytorch/pytorch#190489), failing a run that had finished.
+    whole, and after a successful run only once every rank has arrived: a gloo group left to
+    interpreter shutdown, or torn down while a peer is still at work (rank 0 saving the last
+    checkpoint), can abort the process ("terminate called without an active exception"), failing
+    a run that had finished.
     """
     try:
         main()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
     except ToolError as err:
         if os.environ.get('REPLK_MM_TRACEBACK') == '1':
             raise
