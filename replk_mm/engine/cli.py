@@ -30,10 +30,9 @@ def run_tool(main: Callable[[], None]) -> None:
     """Run ``main``; a :class:`ToolError` becomes ``error: ...`` on stderr and exit status 1.
 
     A distributed run's process group is destroyed on the way out, while the interpreter is still
-    whole, and after a successful run only once every rank has arrived: a gloo group left to
-    interpreter shutdown, or torn down while a peer is still at work (rank 0 saving the last
-    checkpoint), can abort the process ("terminate called without an active exception"), failing
-    a run that had finished.
+    whole (a gloo group left to interpreter shutdown can abort a finished process), and after a
+    successful run only once every rank has arrived, so no rank tears it down while a peer is
+    still saving. One exit abort remains with persistent data-loader workers (docs/faq.md).
     """
     try:
         main()

@@ -34,6 +34,13 @@ def use_bn_impl(impl: str) -> Iterator[None]:
         yield
 
 
+def check_activation(activation: str, who: str) -> None:
+    """Raise a ValueError naming the choices unless ``activation`` is one of :data:`ACTIVATIONS`."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f'{who}: unknown activation {activation!r}; choose one of '
+                         f'{", ".join(ACTIVATIONS)}')
+
+
 def _kernel_takes(x: torch.Tensor) -> bool:
     return (_HAS_CPU_KERNEL and x.device.type == 'cpu' and x.dtype in _DTYPES and x.dim() >= 2
             and x.is_contiguous() and x.numel() > x.shape[1])
@@ -76,9 +83,7 @@ def batch_norm_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opti
         ``(y, mean, var)``: ``y = act(BN(x))`` like ``x``; the per-channel mean and biased variance
         ``(C,)`` (not differentiable).
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f'batch_norm_train: unknown activation {activation!r}; choose one of '
-                         f'{", ".join(ACTIVATIONS)}')
+    check_activation(activation, 'batch_norm_train')
     if not _kernel_takes(x):
         raise ValueError(
             'batch_norm_train needs a contiguous float32/float64 CPU tensor (N, C, *) with more than '

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.model.utils import _BatchNormXd
 
-from ...ops.batch_norm import applies, batch_norm_train
+from ...ops.batch_norm import applies, batch_norm_train, check_activation
 
+# the unfused form of each name of replk_mm.ops.batch_norm.ACTIVATIONS
 _ACTIVATION_FNS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     'none': lambda x: x, 'relu': F.relu, 'gelu': F.gelu}
 
@@ -41,9 +42,7 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor, activation: str = 'none') -> torch.Tensor:
         """``act(BN(x))`` with ``activation`` one of ``'none'``, ``'relu'``, ``'gelu'``."""
-        if activation not in _ACTIVATION_FNS:
-            raise ValueError(f'BatchNorm2d: unknown activation {activation!r}; choose one of '
-                             f'{", ".join(_ACTIVATION_FNS)}')
+        check_activation(activation, 'BatchNorm2d')
         uses_batch_stats = self.training or self.running_mean is None
         if not (uses_batch_stats and applies(x)):
             return _ACTIVATION_FNS[activation](super().forward(x))

@@ -73,7 +73,8 @@ inline void normal_cdf_pdf(T z, T* cdf, T* pdf) {
   }
 }
 
-// act(z) and, with `derivative`, act'(z); GELU is the exact (erf) form, ReLU'(0) = 0 as in PyTorch.
+// act(z) (activate) and act'(z) (activation_derivative); GELU is the exact (erf) form, and
+// ReLU'(0) = 0 as in PyTorch.
 template <typename T, Activation A>
 inline T activate(T z) {
   if constexpr (A == Activation::kReLU) {
