@@ -57,7 +57,7 @@ def get_extensions() -> list:
     import torch
     with_cuda = os.getenv('FORCE_CUDA', '0') == '1' or (
         torch.cuda.is_available() and CUDA_HOME is not None)
-    cxx_flags = ['-O3', '-std=c++20', '-fopenmp']
+    cxx_flags = ['-O3', '-std=c++20', '-fopenmp', '-fno-trapping-math', '-fno-math-errno']
     define_macros = []
     extension = CppExtension
     extra_compile_args = {'cxx': cxx_flags}

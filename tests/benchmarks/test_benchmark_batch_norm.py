@@ -1,5 +1,5 @@
 """tools/analysis_tools/benchmark_batch_norm.py on a small input: every BN input shape of the
-backbone is found and timed, and the tables are written."""
+backbone is found with the activation fused into it and timed, and the tables are written."""
 import csv
 import os.path as osp
 import subprocess
@@ -21,6 +21,11 @@ def test_benchmark_batch_norm_writes_tables(tmp_path):
     assert {'2x128x32x32', '2x128x16x16', '2x512x16x16', '2x1024x2x2', '2x4096x2x2'} <= shapes
     calls = sum(int(r['calls']) for r in rows)
     assert calls == 203  # every BN of the 31B backbone with its output norm: one call each
+    by_activation = {a: sum(int(r['calls']) for r in rows if r['activation'] == a)
+                     for a in ('none', 'relu', 'gelu')}
+    # 31B: 24 blocks, each with a GELU after its FFN's first BN; ReLUs after the stem's and the
+    # transitions' ConvBNs and the blocks' pw1
+    assert by_activation == {'none': 203 - 34 - 24, 'relu': 34, 'gelu': 24}
     assert all(float(r['ours_forward']) > 0 and float(r['torch_backward']) > 0 for r in rows)
     text = (tmp_path / 'batch_norm.md').read_text()
     assert 'Whole step (each shape times its calls): forward' in text

@@ -1,15 +1,16 @@
 """Training-mode batch norm on the CPU: PyTorch's kernel vs replk_mm's, on every BN input of a
-RepLKNet training step.
+RepLKNet training step, each with the activation the step fuses into it.
 
     python tools/analysis_tools/benchmark_batch_norm.py [ARCH] [--batch 2] [--shape 224 224]
         [--threads 2] [--repeats 9] [--out DIR]
 
-The BN inputs are collected by running the backbone (``ARCH``, default 31B) once; each distinct
-shape is then timed alone, forward (``torch.batch_norm`` in training mode vs
-``replk_mm::batch_norm_train_forward``) and backward (autograd through PyTorch's vs
-``replk_mm::batch_norm_train_backward``), the implementations interleaved and the median of
-``--repeats`` kept, with a tensor copy of the same size as the memory-bandwidth yardstick. The
-total weights each shape by how often the step normalizes it. Writes ``batch_norm.md`` and
+The BN inputs and their fused activations (none, ReLU, GELU) are collected by running the backbone
+(``ARCH``, default 31B) once; each distinct (shape, activation) is then timed alone, forward
+(``act(torch.batch_norm(...))`` in training mode vs ``replk_mm::batch_norm_train_forward``) and
+backward (autograd through PyTorch's BN and activation vs ``replk_mm::batch_norm_train_backward``),
+the implementations interleaved and the median of ``--repeats`` kept, with a tensor copy of the
+same size as the memory-bandwidth yardstick. The total weights each row by how often the step runs
+it. Writes ``batch_norm.md`` and
 ``batch_norm.csv`` into ``--out`` (default ``work_dirs/benchmark_batch_norm``).
 """
 import argparse
@@ -29,16 +30,23 @@ from tqdm import tqdm
 from replk_mm.deploy.atomic import write_text_atomic
 from replk_mm.models import RepLKNet
 from replk_mm.models.layers import BatchNorm2d
-from replk_mm.ops.batch_norm import applies, use_bn_impl
+from replk_mm.ops.batch_norm import applies
+
+UNFUSED = {'none': lambda t: t, 'relu': F.relu, 'gelu': F.gelu}
 
 
-def bn_input_shapes(arch: str, batch: int, shape: Tuple[int, int]) -> Dict[tuple, int]:
-    """How often each input shape reaches a BatchNorm2d in one forward of the backbone."""
+def bn_calls(arch: str, batch: int, shape: Tuple[int, int]) -> Dict[Tuple[tuple, str], int]:
+    """How often each (input shape, fused activation) reaches a BatchNorm2d in one training
+    forward of the backbone."""
     model = RepLKNet(arch=arch, out_indices=(3, ), norm_intermediate_features=True).train()
-    counts: Dict[tuple, int] = collections.Counter()
-    hooks = [m.register_forward_pre_hook(lambda _, args: counts.update([tuple(args[0].shape)]))
+    counts: Dict[Tuple[tuple, str], int] = collections.Counter()
+
+    def record(_, args, kwargs):
+        counts.update([(tuple(args[0].shape), kwargs.get('activation', 'none'))])
+
+    hooks = [m.register_forward_pre_hook(record, with_kwargs=True)
              for m in model.modules() if isinstance(m, BatchNorm2d)]
-    with torch.no_grad(), use_bn_impl('torch'):
+    with torch.no_grad():
         model(torch.randn(batch, 3, *shape))
     for hook in hooks:
         hook.remove()
@@ -57,24 +65,26 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict
     return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
-def measure(shape: tuple, repeats: int) -> Dict[str, float]:
-    """Milliseconds of each pass for one input shape."""
+def measure(shape: tuple, activation: str, repeats: int) -> Dict[str, float]:
+    """Milliseconds of each pass for one input shape and fused activation."""
     x, grad_out = torch.randn(shape), torch.randn(shape)
     channels = shape[1]
     weight, bias = torch.randn(channels), torch.randn(channels)
     if not applies(x):
         raise SystemExit('replk_mm._ext has no CPU batch-norm kernel; rebuild the package '
                          '(pip install --no-build-isolation --no-deps -e .)')
-    _, mean, var = torch.ops.replk_mm.batch_norm_train_forward(x, weight, bias, 1e-5)
+    act = UNFUSED[activation]
+    ours = torch.ops.replk_mm
+    _, mean, var = ours.batch_norm_train_forward(x, weight, bias, 1e-5, activation)
     leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
-    out = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True)
+    out = act(F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True))
     return time_interleaved({
         'copy': x.clone,
-        'torch_forward': lambda: F.batch_norm(x, None, None, weight, bias, True),
-        'ours_forward': lambda: torch.ops.replk_mm.batch_norm_train_forward(x, weight, bias, 1e-5),
+        'torch_forward': lambda: act(F.batch_norm(x, None, None, weight, bias, True)),
+        'ours_forward': lambda: ours.batch_norm_train_forward(x, weight, bias, 1e-5, activation),
         'torch_backward': lambda: torch.autograd.grad(out, leaves, grad_out, retain_graph=True),
-        'ours_backward': lambda: torch.ops.replk_mm.batch_norm_train_backward(
-            grad_out, x, mean, var, weight, bias, 1e-5),
+        'ours_backward': lambda: ours.batch_norm_train_backward(
+            grad_out, x, mean, var, weight, bias, 1e-5, activation),
     }, repeats)
 
 
@@ -89,19 +99,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    counts = bn_input_shapes(args.arch, args.batch, tuple(args.shape))
+    counts = bn_calls(args.arch, args.batch, tuple(args.shape))
     rows = []
-    for shape, count in tqdm(sorted(counts.items(), key=lambda kv: -kv[1]), desc='shapes'):
-        ms = measure(shape, args.repeats)
-        rows.append(dict(shape='x'.join(map(str, shape)), calls=count,
+    for (shape, activation), count in tqdm(sorted(counts.items(), key=lambda kv: -kv[1]),
+                                           desc='shapes'):
+        ms = measure(shape, activation, args.repeats)
+        rows.append(dict(shape='x'.join(map(str, shape)), activation=activation, calls=count,
                          **{k: round(v, 3) for k, v in ms.items()},
                          forward_speedup=round(ms['torch_forward'] / ms['ours_forward'], 2),
                          backward_speedup=round(ms['torch_backward'] / ms['ours_backward'], 2)))
     totals = {k: sum(r[k] * r['calls'] for r in rows)
               for k in ('torch_forward', 'ours_forward', 'torch_backward', 'ours_backward')}
     columns = list(rows[0])
-    md = [f'Training-mode BN inputs of one RepLKNet-{args.arch} step, input {args.batch}x3x'
-          f'{args.shape[0]}x{args.shape[1]}, CPU, {args.threads} threads, torch {torch.__version__}; '
+    md = [f'Training-mode BN inputs (with their fused activations) of one RepLKNet-{args.arch} '
+          f'step, input {args.batch}x3x{args.shape[0]}x{args.shape[1]}, CPU, {args.threads} threads, torch {torch.__version__}; '
           f'ms, median of {args.repeats} interleaved runs per shape', '',
           'Command: `python ' + ' '.join(sys.argv) + '`', '',
           '| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
