@@ -12,6 +12,7 @@ def test_extension_is_built():
     assert dwconv_ext.is_available(torch.zeros(1, 1, 1, 1))
 
 ISA_ENV = 'REPLK_DWCONV_CPU_ISA'
+DIRECT_ENV = 'REPLK_DWCONV_CPU_DIRECT_MAX_K'
 
 
 def _cpu_isas():
@@ -93,14 +94,24 @@ def test_every_instruction_set(isa, monkeypatch):
         _assert_matches_conv2d(x, weight, bias, grad_out, k)
 
 
+# Each instruction set chooses its own tap-chunk widths (AVX2's forward: at most 6, the width that
+# pads a kernel row least; the others: at most 8, the fewest chunks) and register blocks: every odd
+# K up to 31 hits another chunk width / padding combination.
+@pytest.mark.parametrize('isa', ['generic', 'avx2', 'avx512'])
+def test_every_chunk_width(isa, monkeypatch):
+    _use_isa(isa, monkeypatch)
+    monkeypatch.setenv(DIRECT_ENV, '0')  # the packed path, whatever K
+    for k in range(1, 32, 2):
+        x, weight, bias, grad_out = _inputs((1, 24, 10, 37), k, channels_last=k % 4 == 1, seed=k)
+        _assert_matches_conv2d(x, weight, bias, grad_out, k)
+
+
 def test_unknown_instruction_set_is_rejected(monkeypatch):
     monkeypatch.setenv(ISA_ENV, 'sse9')
     x, weight, _, _ = _inputs((1, 4, 5, 5), 3)
     with pytest.raises(RuntimeError, match='REPLK_DWCONV_CPU_ISA must be'):
         dwconv_ext.dwconv2d(x, weight)
 
-
-DIRECT_ENV = 'REPLK_DWCONV_CPU_DIRECT_MAX_K'
 
 
 # The CPU forward (and grad input) has three schemes: packed tiles of VL channels, and for small

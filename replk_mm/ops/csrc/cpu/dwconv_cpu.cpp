@@ -226,7 +226,7 @@ void grad_weight_impl(const at::Tensor& gy, const at::Tensor& x, int64_t K, bool
   using T = ComputeT<S>;
   const Kernels<T> k = select_kernels<T>();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t blocks = (C + k.vl - 1) / k.vl, kpad = k.padded_taps(K);
+  const int64_t blocks = (C + k.vl - 1) / k.vl, kpad = k.grad_padded_taps(K);
   // Work items: (channel block, slice of the batch). Each item owns its accumulators (no atomics);
   // slices of one block are summed in a fixed order, so results do not depend on scheduling.
   const int64_t threads = at::get_num_threads();

@@ -1,6 +1,8 @@
-// AVX2/FMA instantiation of the depth-wise kernels: 8 channels per vector, 4x8 register blocks
-// (16 ymm registers). Compiled for AVX2 through the target pragma (no torch header here);
-// dwconv_cpu.cpp calls it only when the CPU reports AVX2 and FMA.
+// AVX2/FMA instantiation of the depth-wise kernels: 8 channels per vector, 16 ymm registers.
+// Two FMA pipes with a 4-cycle latency need 8 independent accumulation chains: the forward holds
+// 8 output accumulators + up to 6 weight vectors (8 x 6 blocks), the weight gradient 8 tap
+// accumulators + 4 output-gradient vectors (4 x 8 blocks). Compiled for AVX2 through the target
+// pragma (no torch header here); dwconv_cpu.cpp calls it only when the CPU reports AVX2 and FMA.
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
 
@@ -26,10 +28,10 @@ inline void transpose8(__m256 r[8]) {
   }
 }
 
-struct Avx2 {
+struct Avx2Ops {
   using T = float;
   using V = __m256;
-  static constexpr int VL = 8, WB = 4, TJMAX = 8;
+  static constexpr int VL = 8;
   static V load(const T* p) { return _mm256_load_ps(p); }
   static V loadu(const T* p) { return _mm256_loadu_ps(p); }
   static void store(T* p, V v) { _mm256_store_ps(p, v); }
@@ -71,8 +73,26 @@ struct Avx2 {
   }
 };
 
+// Forward and input gradient: 8 outputs x up to 6 taps (15 registers with the input vector), the
+// chunk width that pads a kernel row least (K=31: 8 chunks of 4, not 6 of 6).
+struct Avx2Forward : Avx2Ops {
+  static constexpr int WB = 8, TJMAX = 6;
+  static constexpr int chunk_taps(int K) { return least_padding_chunk_taps(K, TJMAX); }
+};
+
+// Direct channels_last rows (K = 3, memory-bound): 4 outputs per block (measured a little faster
+// than 8 there), the forward's chunk widths and weight packing.
+struct Avx2Rows : Avx2Forward {
+  static constexpr int WB = 4;
+};
+
+// Weight gradient: 4 output-gradient vectors x up to 8 tap accumulators.
+struct Avx2GradWeight : Avx2Ops {
+  static constexpr int WB = 4, TJMAX = 8;
+};
+
 }  // namespace
 
 namespace replk::cpu {
-Kernels<float> kernels_avx2_f32() { return make_kernels<Avx2>("avx2", 3, 0); }
+Kernels<float> kernels_avx2_f32() { return make_kernels<Avx2Forward, Avx2GradWeight, Avx2Rows>("avx2", 3, 0); }
 }  // namespace replk::cpu

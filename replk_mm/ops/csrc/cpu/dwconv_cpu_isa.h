@@ -66,7 +66,8 @@ template <typename T>
 struct Kernels {
   const char* name;
   int vl;                                                   // channels per tile
-  int64_t (*padded_taps)(int64_t K);                        // kpad
+  int64_t (*padded_taps)(int64_t K);                        // kpad of the forward's packed weights
+  int64_t (*grad_padded_taps)(int64_t K);                   // kpad of the weight-gradient accumulators
   int64_t (*scratch_elems)(int64_t H, int64_t W, int64_t K);  // per-thread scratch (elements)
   // w (C, 1, K, K) contiguous -> out [ceil(C/VL)][K][kpad][VL]; flip rotates the kernel by 180 degrees
   void (*pack_weight)(const T* w, int64_t C, int64_t K, bool flip, T* out);

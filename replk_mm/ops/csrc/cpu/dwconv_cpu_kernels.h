@@ -1,9 +1,11 @@
 // The CPU algorithm of the depth-wise convolution, written once over a vector-ops class `O`
 // (O::T element type, O::V vector of O::VL channels, O::WB outputs per register block,
-// O::TJ taps per register chunk). Included by one translation unit per instruction set
-// (dwconv_cpu_avx512.cpp, dwconv_cpu_avx2.cpp, dwconv_cpu_generic.cpp), each compiled for its ISA;
-// so no torch header and no external inline function may be used here (everything has internal
-// linkage), or an AVX-512 copy of it could be linked into a CPU without AVX-512.
+// at most O::TJMAX taps per register chunk; the forward, the weight gradient and the direct rows
+// may use classes with the same vector ops and different blockings). Included by one translation
+// unit per instruction set (dwconv_cpu_avx512.cpp, dwconv_cpu_avx2.cpp, dwconv_cpu_generic.cpp),
+// each compiled for its ISA; so no torch header and no external inline function may be used here
+// (everything has internal linkage), or an AVX-512 copy of it could be linked into a CPU without
+// AVX-512.
 //
 // Layout: a tile is VL channels of one image, packed into a scratch buffer [H][WS][VL] whose
 // columns are zero-padded by K/2 on the left and up to WS on the right. Rows are not padded: the
@@ -34,6 +36,29 @@ inline I imin(I a, I b) { return a < b ? a : b; }
 template <typename I>
 inline I imax(I a, I b) { return a > b ? a : b; }
 
+// Tap-chunk widths. The default covers a kernel row with the fewest chunks (dw_chunk_taps); an ops
+// class may choose its own with `static constexpr int chunk_taps(int K)`.
+constexpr int round_up(int K, int tj) { return (K + tj - 1) / tj * tj; }
+constexpr int least_padding_chunk_taps(int K, int max_chunk) {
+  // K itself if it fits; else the width in [max_chunk / 2, max_chunk] that pads the row least
+  // (ties: the wider one); narrower chunks would need more loads per FMA than they save
+  if (K <= max_chunk) return K;
+  int best = max_chunk;
+  for (int tj = max_chunk - 1; 2 * tj >= max_chunk; --tj)
+    if (round_up(K, tj) < round_up(K, best)) best = tj;
+  return best;
+}
+template <class O>
+constexpr int chunk_taps(int K) {
+  if constexpr (requires { O::chunk_taps(K); }) {
+    return O::chunk_taps(K);
+  } else {
+    return replk::dw_chunk_taps(K, O::TJMAX);
+  }
+}
+template <class O>
+constexpr int padded_taps_of(int K) { return round_up(K, chunk_taps<O>(K)); }
+
 // Geometry of one packed tile.
 struct TileGeom {
   int64_t H, W, K, pad;
@@ -49,8 +74,8 @@ inline TileGeom tile_geom(int64_t H, int64_t W, int64_t K) {
   g.W = W;
   g.K = K;
   g.pad = replk::dw_pad(K);
-  g.tj = replk::dw_chunk_taps(static_cast<int>(K), O::TJMAX);
-  g.kpad = replk::dw_padded_taps(static_cast<int>(K), O::TJMAX);
+  g.tj = chunk_taps<O>(static_cast<int>(K));
+  g.kpad = padded_taps_of<O>(static_cast<int>(K));
   g.nchunks = g.kpad / g.tj;
   g.Wo = (W + O::WB - 1) / O::WB * O::WB;
   g.WS = g.Wo + g.kpad - 1;
@@ -167,7 +192,8 @@ void unpack_row(const typename O::T* src, int nc, int64_t W, S* dst, int64_t sc,
 
 // acc[q] += sum over t < TJ of wv[t] * x[q + t] for the WB outputs q of a block, where x[d] is the
 // input vector at xb + d * stride (VL in a packed tile, the pixel stride in a channels_last tensor);
-// only d in [d_begin, d_end) is read (the others are zero padding).
+// only d in [d_begin, d_end) is read, the others count as zero padding (a zero vector, so the
+// FMAs stay unconditional and the accumulators in registers).
 template <class O, int TJ>
 inline __attribute__((always_inline)) void fma_chunk(const typename O::T* xb, int64_t stride,
                                                      const typename O::V* wv, typename O::V* acc,
@@ -176,8 +202,7 @@ inline __attribute__((always_inline)) void fma_chunk(const typename O::T* xb, in
   constexpr int WB = O::WB;
 #pragma GCC unroll 32
   for (int d = 0; d < WB + TJ - 1; ++d) {
-    if (d < d_begin || d >= d_end) continue;
-    const V xv = O::loadu(xb + d * stride);
+    const V xv = d >= d_begin && d < d_end ? O::loadu(xb + d * stride) : O::zero();
 #pragma GCC unroll 16
     for (int t = 0; t < TJ; ++t) {
       const int q = d - t;
@@ -333,14 +358,14 @@ void grad_weight_tile_impl(const replk::cpu::GradWeightTile<S, typename O::T>& a
 
 // Direct channels_last forward of one output row (all channel blocks, small K): input vectors are
 // read from the tensor itself, so no packing copy is made. At the image borders the input vectors
-// outside the image are not read (their taps are skipped).
+// outside the image are not read (they count as zeros).
 template <class O, int TJ>
 void conv_row_cl_impl(const replk::cpu::ConvRowCL<typename O::T>& a) {
   using T = typename O::T;
   using V = typename O::V;
   constexpr int VL = O::VL, WB = O::WB;
   const int64_t K = a.K, pad = replk::dw_pad(K);
-  const int kpad = replk::dw_padded_taps(static_cast<int>(K), O::TJMAX);
+  const int kpad = padded_taps_of<O>(static_cast<int>(K));
   const int64_t i0 = replk::dw_tap_begin(a.h, K), i1 = replk::dw_tap_end(a.h, a.H, K);
   T* yr = a.y + a.h * a.ysh;
   for (int64_t cb = 0; cb < a.blocks; ++cb) {
@@ -432,20 +457,14 @@ void conv_plane_impl(const replk::cpu::ConvPlane<typename O::T>& a) {
   }
 }
 
-// Runtime tap-chunk width -> compile-time instantiation.
-template <class O, template <class, int> class F, typename... A>
+// Runtime tap-chunk width (1..O::TJMAX) -> compile-time instantiation.
+template <class O, template <class, int> class F, int TJ = 1, typename... A>
 void with_tj(int tj, A&&... args) {
-  static_assert(O::TJMAX == 8, "with_tj instantiates chunk widths 1..8");
-  switch (tj) {
-    case 1: F<O, 1>::run(args...); break;
-    case 2: F<O, 2>::run(args...); break;
-    case 3: F<O, 3>::run(args...); break;
-    case 4: F<O, 4>::run(args...); break;
-    case 5: F<O, 5>::run(args...); break;
-    case 6: F<O, 6>::run(args...); break;
-    case 7: F<O, 7>::run(args...); break;
-    default: F<O, 8>::run(args...); break;
+  static_assert(O::TJMAX >= 1 && O::TJMAX <= 8, "chunk widths 1..8 are instantiated");
+  if constexpr (TJ < O::TJMAX) {
+    if (tj != TJ) return with_tj<O, F, TJ + 1>(tj, args...);
   }
+  F<O, TJ>::run(args...);
 }
 
 template <class O, int TJ>
@@ -467,13 +486,19 @@ struct GradWeightTileF {
 // ---- entry points (see dwconv_cpu_isa.h) ----
 
 template <class O>
-int64_t padded_taps(int64_t K) { return replk::dw_padded_taps(static_cast<int>(K), O::TJMAX); }
+int64_t padded_taps(int64_t K) { return padded_taps_of<O>(static_cast<int>(K)); }
 
 template <class O>
 int64_t scratch_elems(int64_t H, int64_t W, int64_t K) {
   const TileGeom g = tile_geom<O>(H, W, K);
   // input tile + output-gradient tile (the forward uses one output row of it), cache-line rounded
   return (H * g.WS * O::VL + 16) / 16 * 16 + (H * g.Wo * O::VL + 16) / 16 * 16;
+}
+
+// Scratch for either pass when the forward (OF) and the weight gradient (OG) block differently.
+template <class OF, class OG>
+int64_t scratch_elems_both(int64_t H, int64_t W, int64_t K) {
+  return imax(scratch_elems<OF>(H, W, K), scratch_elems<OG>(H, W, K));
 }
 
 template <class O>
@@ -507,7 +532,7 @@ void grad_weight_tile(const replk::cpu::GradWeightTile<S, typename O::T>& a, typ
 
 template <class O>
 void conv_row_cl(const replk::cpu::ConvRowCL<typename O::T>& a) {
-  with_tj<O, ConvRowCLF>(replk::dw_chunk_taps(static_cast<int>(a.K), O::TJMAX), a);
+  with_tj<O, ConvRowCLF>(chunk_taps<O>(static_cast<int>(a.K)), a);
 }
 
 template <class O>
@@ -520,14 +545,28 @@ void conv_plane(const replk::cpu::ConvPlane<typename O::T>& a) {
   }
 }
 
-template <class O>
+// O: the forward's (and input gradient's) blocking; OG: the weight gradient's; OR: the direct
+// channels_last rows' (its chunk widths must be O's: it reads O's packed weights). Same vector ops.
+template <class O, class OG = O, class OR = O>
 replk::cpu::Kernels<typename O::T> make_kernels(const char* name, int rows_max_k, int planes_max_k) {
-  replk::cpu::Kernels<typename O::T> k{name,          O::VL,   &padded_taps<O>,  &scratch_elems<O>,
-                                       &pack_weight<O>, &conv_tile<O>, &grad_weight_tile<O>, nullptr, nullptr,
-                                       rows_max_k,      planes_max_k,  &conv_row_cl<O>,    &conv_plane<O>};
+  static_assert(std::is_same_v<typename O::T, typename OG::T> && O::VL == OG::VL && O::VL == OR::VL);
+  replk::cpu::Kernels<typename O::T> k{name,
+                                       O::VL,
+                                       &padded_taps<O>,
+                                       &padded_taps<OG>,
+                                       &scratch_elems_both<O, OG>,
+                                       &pack_weight<O>,
+                                       &conv_tile<O>,
+                                       &grad_weight_tile<OG>,
+                                       nullptr,
+                                       nullptr,
+                                       rows_max_k,
+                                       planes_max_k,
+                                       &conv_row_cl<OR>,
+                                       &conv_plane<O>};
   if constexpr (std::is_same_v<typename O::T, float>) {
     k.conv_tile_bf16 = &conv_tile<O, replk::cpu::bf16_bits>;
-    k.grad_weight_tile_bf16 = &grad_weight_tile<O, replk::cpu::bf16_bits>;
+    k.grad_weight_tile_bf16 = &grad_weight_tile<OG, replk::cpu::bf16_bits>;
   }
   return k;
 }
