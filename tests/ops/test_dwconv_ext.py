@@ -113,7 +113,6 @@ def test_unknown_instruction_set_is_rejected(monkeypatch):
         dwconv_ext.dwconv2d(x, weight)
 
 
-
 # The CPU forward (and grad input) has three schemes: packed tiles of VL channels, and for small
 # kernels direct channels_last rows (C a multiple of VL) and direct NCHW planes. DIRECT_ENV=15
 # sends every K <= 15 to the direct ones, 0 turns them off: both must agree with F.conv2d on every

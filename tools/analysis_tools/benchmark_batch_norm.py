@@ -10,8 +10,8 @@ The BN inputs and their fused activations (none, ReLU, GELU) are collected by ru
 backward (autograd through PyTorch's BN and activation vs ``replk_mm::batch_norm_train_backward``),
 the implementations interleaved and the median of ``--repeats`` kept, with a tensor copy of the
 same size as the memory-bandwidth yardstick. The total weights each row by how often the step runs
-it. Writes ``batch_norm.md`` and
-``batch_norm.csv`` into ``--out`` (default ``work_dirs/benchmark_batch_norm``).
+it. Writes ``batch_norm.md`` and ``batch_norm.csv`` into ``--out`` (default
+``work_dirs/benchmark_batch_norm``).
 """
 import argparse
 import collections
@@ -30,9 +30,8 @@ from tqdm import tqdm
 from replk_mm.deploy.atomic import write_text_atomic
 from replk_mm.models import RepLKNet
 from replk_mm.models.layers import BatchNorm2d
+from replk_mm.models.layers.batch_norm import UNFUSED_ACTIVATIONS
 from replk_mm.ops.batch_norm import applies
-
-UNFUSED = {'none': lambda t: t, 'relu': F.relu, 'gelu': F.gelu}
 
 
 def bn_calls(arch: str, batch: int, shape: Tuple[int, int]) -> Dict[Tuple[tuple, str], int]:
@@ -73,7 +72,7 @@ def measure(shape: tuple, activation: str, repeats: int) -> Dict[str, float]:
     if not applies(x):
         raise SystemExit('replk_mm._ext has no CPU batch-norm kernel; rebuild the package '
                          '(pip install --no-build-isolation --no-deps -e .)')
-    act = UNFUSED[activation]
+    act = UNFUSED_ACTIVATIONS[activation]
     ours = torch.ops.replk_mm
     _, mean, var = ours.batch_norm_train_forward(x, weight, bias, 1e-5, activation)
     leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
@@ -112,7 +111,8 @@ def main() -> None:
               for k in ('torch_forward', 'ours_forward', 'torch_backward', 'ours_backward')}
     columns = list(rows[0])
     md = [f'Training-mode BN inputs (with their fused activations) of one RepLKNet-{args.arch} '
-          f'step, input {args.batch}x3x{args.shape[0]}x{args.shape[1]}, CPU, {args.threads} threads, torch {torch.__version__}; '
+          f'step, input {args.batch}x3x{args.shape[0]}x{args.shape[1]}, CPU, {args.threads} '
+          f'threads, torch {torch.__version__}; '
           f'ms, median of {args.repeats} interleaved runs per shape', '',
           'Command: `python ' + ' '.join(sys.argv) + '`', '',
           '| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]

@@ -12,7 +12,7 @@ from mmengine.model.utils import _BatchNormXd
 from ...ops.batch_norm import applies, batch_norm_train, check_activation
 
 # the unfused form of each name of replk_mm.ops.batch_norm.ACTIVATIONS
-_ACTIVATION_FNS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+UNFUSED_ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     'none': lambda x: x, 'relu': F.relu, 'gelu': F.gelu}
 
 
@@ -45,7 +45,7 @@ class BatchNorm2d(nn.BatchNorm2d):
         check_activation(activation, 'BatchNorm2d')
         uses_batch_stats = self.training or self.running_mean is None
         if not (uses_batch_stats and applies(x)):
-            return _ACTIVATION_FNS[activation](super().forward(x))
+            return UNFUSED_ACTIVATIONS[activation](super().forward(x))
         self._check_input_dim(x)
         y, mean, var = batch_norm_train(x, self.weight, self.bias, self.eps, activation)
         if self.training and self.track_running_stats:

@@ -56,8 +56,12 @@ constexpr int chunk_taps(int K) {
     return replk::dw_chunk_taps(K, O::TJMAX);
   }
 }
+// kpad: a kernel row's taps rounded up to whole chunks (the packed weights' and accumulators' row).
 template <class O>
-constexpr int padded_taps_of(int K) { return round_up(K, chunk_taps<O>(K)); }
+int64_t padded_taps(int64_t K) {
+  const int k = static_cast<int>(K);
+  return round_up(k, chunk_taps<O>(k));
+}
 
 // Geometry of one packed tile.
 struct TileGeom {
@@ -75,7 +79,7 @@ inline TileGeom tile_geom(int64_t H, int64_t W, int64_t K) {
   g.K = K;
   g.pad = replk::dw_pad(K);
   g.tj = chunk_taps<O>(static_cast<int>(K));
-  g.kpad = padded_taps_of<O>(static_cast<int>(K));
+  g.kpad = static_cast<int>(padded_taps<O>(K));
   g.nchunks = g.kpad / g.tj;
   g.Wo = (W + O::WB - 1) / O::WB * O::WB;
   g.WS = g.Wo + g.kpad - 1;
@@ -365,7 +369,7 @@ void conv_row_cl_impl(const replk::cpu::ConvRowCL<typename O::T>& a) {
   using V = typename O::V;
   constexpr int VL = O::VL, WB = O::WB;
   const int64_t K = a.K, pad = replk::dw_pad(K);
-  const int kpad = padded_taps_of<O>(static_cast<int>(K));
+  const int kpad = static_cast<int>(padded_taps<O>(K));
   const int64_t i0 = replk::dw_tap_begin(a.h, K), i1 = replk::dw_tap_end(a.h, a.H, K);
   T* yr = a.y + a.h * a.ysh;
   for (int64_t cb = 0; cb < a.blocks; ++cb) {
@@ -486,9 +490,6 @@ struct GradWeightTileF {
 // ---- entry points (see dwconv_cpu_isa.h) ----
 
 template <class O>
-int64_t padded_taps(int64_t K) { return padded_taps_of<O>(static_cast<int>(K)); }
-
-template <class O>
 int64_t scratch_elems(int64_t H, int64_t W, int64_t K) {
   const TileGeom g = tile_geom<O>(H, W, K);
   // input tile + output-gradient tile (the forward uses one output row of it), cache-line rounded
@@ -549,7 +550,8 @@ void conv_plane(const replk::cpu::ConvPlane<typename O::T>& a) {
 // channels_last rows' (its chunk widths must be O's: it reads O's packed weights). Same vector ops.
 template <class O, class OG = O, class OR = O>
 replk::cpu::Kernels<typename O::T> make_kernels(const char* name, int rows_max_k, int planes_max_k) {
-  static_assert(std::is_same_v<typename O::T, typename OG::T> && O::VL == OG::VL && O::VL == OR::VL);
+  static_assert(std::is_same_v<typename O::T, typename OG::T> && std::is_same_v<typename O::T, typename OR::T> &&
+                O::VL == OG::VL && O::VL == OR::VL);
   replk::cpu::Kernels<typename O::T> k{name,
                                        O::VL,
                                        &padded_taps<O>,
