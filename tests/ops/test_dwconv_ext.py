@@ -143,6 +143,25 @@ def test_bad_direct_path_setting_is_rejected(monkeypatch):
         dwconv_ext.dwconv2d(x, weight)
 
 
+# Outputs larger than 1 MiB per thread are written by the direct channels_last rows with
+# non-temporal stores (and a fence per row): values and gradients must not change, with two threads
+# sharing the image rows, partial register blocks (W = 61) and both the forward and the input gradient.
+@pytest.mark.parametrize('isa', ['generic', 'avx2', 'avx512'])
+def test_streamed_channels_last_output(isa, monkeypatch):
+    _use_isa(isa, monkeypatch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for k in (3, 5):
+            shape = (2, 64, 70, 61)  # 2.1 MiB of float32 > 2 threads x 1 MiB
+            x, weight, bias, grad_out = _inputs(shape, k, channels_last=True, seed=k)
+            grad_out = grad_out.to(memory_format=torch.channels_last)
+            assert x.numel() * 4 > 2 * 2 ** 20
+            _assert_matches_conv2d(x, weight, bias, grad_out, k)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_non_contiguous_inputs():
     k = 7
     base = torch.randn(2, 40, 13, 30)

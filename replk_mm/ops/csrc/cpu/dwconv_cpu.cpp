@@ -66,6 +66,23 @@ int direct_max_k(int tuned, int limit) {
   return std::min(static_cast<int>(v), limit);
 }
 
+// The direct channels_last rows stream their output past the caches (non-temporal stores) when it is
+// larger than this per thread, about a core's L2: a memory-bound small-kernel layer then saves the
+// read-for-ownership of every output line, whose pixels are C floats apart (docs/ops.md, "Small
+// kernels skip the packing"; the NCHW planes, which write whole rows, measured slower streamed).
+constexpr int64_t kStreamBytesPerThread = int64_t(1) << 20;
+
+// Whether the direct rows write y with non-temporal stores: y is larger than the threads' caches and
+// every vector store is aligned (the vectors run along y's unit-stride dimension from its start: the
+// data pointer, the other strides and that dimension's length are whole vectors).
+bool stream_output(const at::Tensor& y, int vl) {
+  if (static_cast<int64_t>(y.nbytes()) <= at::get_num_threads() * kStreamBytesPerThread) return false;
+  if (reinterpret_cast<uintptr_t>(y.data_ptr()) % (vl * y.element_size()) != 0) return false;
+  for (int64_t d = 0; d < y.dim(); ++d)
+    if ((y.stride(d) == 1 ? y.size(d) : y.stride(d)) % vl != 0) return false;
+  return true;
+}
+
 template <typename T>
 Kernels<T> select_kernels();
 template <>
@@ -153,12 +170,13 @@ void conv_impl(const at::Tensor& x, const at::Tensor& weight, const std::optiona
     if (K <= direct_max_k(k.rows_max_k, kRowsMaxK) && x.stride(1) == 1 && y.stride(1) == 1 && C % k.vl == 0) {
       const at::Tensor wp = packed_weight<T>(k, wt, flip);
       const at::Tensor bp = bt.has_value() ? bt->contiguous() : at::Tensor();
+      const bool stream = stream_output(y, k.vl);
       at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
         for (int64_t item = begin; item < end; ++item) {
           const int64_t n = item / H;
           k.conv_row_cl({xp + n * x.stride(0), x.stride(2), x.stride(3), yp + n * y.stride(0), y.stride(2),
                          y.stride(3), wp.data_ptr<T>(), bt.has_value() ? bp.data_ptr<T>() : nullptr, blocks, H,
-                         W, K, item % H});
+                         W, K, item % H, stream});
         }
       });
       return;

@@ -48,6 +48,9 @@ struct Avx512 {
   static V loadu(const T* p) { return _mm512_loadu_ps(p); }
   static void store(T* p, V v) { _mm512_store_ps(p, v); }
   static void storeu(T* p, V v) { _mm512_storeu_ps(p, v); }
+  // non-temporal store (p 64-byte aligned); fence() orders a thread's streamed stores before it hands over
+  static void stream(T* p, V v) { _mm512_stream_ps(p, v); }
+  static void fence() { _mm_sfence(); }
   static V zero() { return _mm512_setzero_ps(); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }

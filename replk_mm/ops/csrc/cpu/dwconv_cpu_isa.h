@@ -48,6 +48,9 @@ struct ConvRowCL {
   const T* bias;   // blocks * VL values, or nullptr
   int64_t blocks;
   int64_t H, W, K, h;
+  // write y with non-temporal stores (y and its pixel stride aligned to whole vectors): for outputs
+  // larger than the caches, which would otherwise be read for ownership and evict the input rows
+  bool stream;
 };
 
 // Direct forward of one channel plane whose rows are contiguous (NCHW); pointers at (n, c, 0, 0).

@@ -403,9 +403,14 @@ void conv_row_cl_impl(const replk::cpu::ConvRowCL<typename O::T>& a) {
         }
       }
       const int64_t nq = imin<int64_t>(WB, a.W - w0);
-      for (int64_t q = 0; q < nq; ++q) O::storeu(yr + (w0 + q) * a.ysw + cb * VL, acc[q]);
+      T* yb = yr + w0 * a.ysw + cb * VL;
+      if (a.stream)
+        for (int64_t q = 0; q < nq; ++q) O::stream(yb + q * a.ysw, acc[q]);
+      else
+        for (int64_t q = 0; q < nq; ++q) O::storeu(yb + q * a.ysw, acc[q]);
     }
   }
+  if (a.stream) O::fence();
 }
 
 // Direct NCHW forward of one channel plane (small K, compile-time): vectors of VL outputs along a
