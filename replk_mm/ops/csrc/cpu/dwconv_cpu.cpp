@@ -72,11 +72,15 @@ int direct_max_k(int tuned, int limit) {
 // kernels skip the packing"; the NCHW planes, which write whole rows, measured slower streamed).
 constexpr int64_t kStreamBytesPerThread = int64_t(1) << 20;
 
-// Whether the direct rows write y with non-temporal stores: y is larger than the threads' caches and
-// every vector store is aligned (the vectors run along y's unit-stride dimension from its start: the
-// data pointer, the other strides and that dimension's length are whole vectors).
+// Whether the direct rows write y with non-temporal stores: y is larger than the threads' caches, a
+// vector is a whole cache line (streamed stores leave the CPU in whole lines; AVX2's half-line vectors
+// of one pixel are written a channel block apart, and the partial lines made the K = 3 forward 4x
+// slower) and every vector store is aligned (the vectors run along y's unit-stride dimension from its
+// start: the data pointer, the other strides and that dimension's length are whole vectors).
 bool stream_output(const at::Tensor& y, int vl) {
+  constexpr int64_t kCacheLine = 64;
   if (static_cast<int64_t>(y.nbytes()) <= at::get_num_threads() * kStreamBytesPerThread) return false;
+  if (vl * y.element_size() != kCacheLine) return false;
   if (reinterpret_cast<uintptr_t>(y.data_ptr()) % (vl * y.element_size()) != 0) return false;
   for (int64_t d = 0; d < y.dim(); ++d)
     if ((y.stride(d) == 1 ? y.size(d) : y.stride(d)) % vl != 0) return false;
