@@ -17,13 +17,20 @@ the best of ``--repeats`` kept, so load on a shared machine hits every implement
 
 The roofline bound (docs/ops.md, SPEC section 3) of a pass is
 max(useful FLOPs / sgemm rate, bytes / copy bandwidth), both rates measured here; ``roofline %``
-is that bound over the measured time. Writes ``dwconv_table1.{md,csv,png}`` and
+is that bound over the measured time. On the CPU, glibc is asked to keep freed memory mapped
+(``--no-keep-freed-memory`` turns this off): otherwise an output of a few MiB sometimes comes from
+a fresh mmap and page-faults (~3000 faults, 2-3 ms for 12 MiB on the build machine) and sometimes not, a tax that
+lands on whichever implementation's allocation draws it; the CSVs' ``page_faults`` column counts
+the faults of each kept run. Writes ``dwconv_table1.{md,csv,png}`` and
 ``dwconv_passes.{md,csv}`` into ``--out`` (default ``work_dirs/benchmark_dwconv/<device>``).
 """
 import argparse
 import csv
+import ctypes
+import ctypes.util
 import io
 import os
+import resource
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -69,11 +76,24 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def timed_cpu(fn: Callable[[], object], device: torch.device) -> Tuple[float, float]:
-    """(wall seconds, CPU seconds of this process, all threads)."""
+def timed_cpu(fn: Callable[[], object], device: torch.device) -> Tuple[float, float, int]:
+    """(wall seconds, CPU seconds of this process (all threads), minor page faults)."""
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     cpu = time.process_time()
     wall = timed(fn, device)
-    return wall, time.process_time() - cpu
+    return wall, time.process_time() - cpu, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+
+def keep_freed_memory_mapped() -> bool:
+    """Ask glibc to serve allocations below 32 MiB from its heap and keep freed memory mapped
+    (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD), so that allocating a layer's output does not
+    page-fault in some runs and not in others. False where the C library has no mallopt."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def measure_rates(device: torch.device, n: int = 2048) -> Dict[str, float]:
@@ -136,15 +156,17 @@ def stack_fn(impl: str, x: torch.Tensor, weights: Sequence[torch.Tensor], mode: 
     return run
 
 
-def best_interleaved(fns: Dict, device: torch.device, repeats: int) -> Dict[str, Tuple[float, float]]:
-    """Best (wall, CPU) seconds of each function over ``repeats`` interleaved runs."""
+def best_interleaved(fns: Dict, device: torch.device, repeats: int) -> Dict[str, Tuple[float, float, int]]:
+    """Best (wall, CPU) seconds of each function over ``repeats`` interleaved runs, and the page
+    faults of its fastest run."""
     for fn in fns.values():  # warm-up (and the extension's one-off set-up)
         fn()
-    best = {name: (float('inf'), float('inf')) for name in fns}
+    best = {name: (float('inf'), float('inf'), 0) for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            wall, cpu = timed_cpu(fn, device)
-            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+            wall, cpu, faults = timed_cpu(fn, device)
+            fastest = wall < best[name][0]
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu), faults if fastest else best[name][2])
     return best
 
 
@@ -162,12 +184,13 @@ def run_passes(args, device: torch.device, rates: Dict[str, float], impls: List[
                 fns[(impl, name)] = fn
         times = best_interleaved(fns, device, args.repeats)
         flops = useful_flops(n, CHANNELS, h, h, k)
-        for (impl, name), (t, cpu) in times.items():
+        for (impl, name), (t, cpu, faults) in times.items():
             passes = 3 if name == 'forward_backward' else 1
             bound = passes * max(flops / rates['sgemm'], min_bytes(n, CHANNELS, h, h, k, args.dtype.itemsize) / rates['bandwidth'])
             rows.append(dict(k=k, impl=impl, part=name, ms=t * 1e3, cpu_ms=cpu * 1e3,
                              useful_gflops=passes * flops / t / 1e9,
-                             pct_sgemm=100 * passes * flops / t / rates['sgemm'], roofline_pct=100 * bound / t))
+                             pct_sgemm=100 * passes * flops / t / rates['sgemm'], roofline_pct=100 * bound / t,
+                             page_faults=faults))
     return rows
 
 
@@ -191,12 +214,12 @@ def run_table1(args, device: torch.device, rates: Dict[str, float], impls: List[
             flops = useful_flops(args.batch, CHANNELS, r, r, k) * (1 if mode == 'forward' else 3)
             nbytes = min_bytes(args.batch, CHANNELS, r, r, k, args.dtype.itemsize) * (1 if mode == 'forward' else 3)
             bound = LAYERS * max(flops / rates['sgemm'], nbytes / rates['bandwidth'])
-            for impl, (t, cpu) in times.items():
+            for impl, (t, cpu, faults) in times.items():
                 ms = t * LAYERS / layers_timed[impl] * 1e3
                 rows.append(dict(resolution=r, k=k, mode=mode, impl=impl, ms=ms,
                                  cpu_ms=cpu * LAYERS / layers_timed[impl] * 1e3,
                                  layers_timed=layers_timed[impl], roofline_ms=bound * 1e3,
-                                 roofline_pct=100 * bound * 1e3 / ms))
+                                 roofline_pct=100 * bound * 1e3 / ms, page_faults=faults))
     return rows
 
 
@@ -212,7 +235,8 @@ def to_csv(rows: List[dict]) -> str:
 
 def header(args, device: torch.device, rates: Dict[str, float]) -> List[str]:
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
-        f'CPU, {torch.get_num_threads()} threads')
+        f'CPU, {torch.get_num_threads()} threads, freed memory '
+        + ('kept mapped' if args.freed_memory_kept else 'returned to the system (page faults possible)'))
     load = f', load average {os.getloadavg()[0]:.1f}' if hasattr(os, 'getloadavg') else ''
     return [f'Device: {name}{load}; torch {torch.__version__}, {str(args.dtype)[6:]}. fp32 sgemm ({args.gemm_size}^3) '
             f'{rates["sgemm"] / 1e9:.0f} GFLOP/s, copy bandwidth {rates["bandwidth"] / 1e9:.1f} GB/s, '
@@ -338,6 +362,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
                         help='dtype of the convolutions (the sgemm reference rate stays fp32)')
     parser.add_argument('--gemm-size', type=int, default=2048, help='n of the n^3 sgemm rate')
+    parser.add_argument('--keep-freed-memory', action=argparse.BooleanOptionalAction, default=True,
+                        help='CPU: ask glibc to keep freed memory mapped, so that output allocations '
+                        'do not page-fault in some runs only')
     parser.add_argument('--out', help='output folder (default work_dirs/benchmark_dwconv/<device>)')
     args = parser.parse_args(argv)
     if args.batch is None:
@@ -349,8 +376,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
+    args.freed_memory_kept = False
     if device.type == 'cpu':
         torch.set_num_threads(args.threads)
+        args.freed_memory_kept = args.keep_freed_memory and keep_freed_memory_mapped()
     bad = [k for k in args.kernels if k % 2 == 0 or k < 1]
     if bad:
         raise SystemExit(f'--kernels must be odd and positive, got {bad}')
