@@ -13,15 +13,16 @@ the best of ``--repeats`` kept, so load on a shared machine hits every implement
   fewer layers and scales to 24 (column ``layers_timed``).
 - ``passes``: one layer on (``--passes-batch``, 384, 32, 32): forward, grad input and grad weight
   separately and forward + backward (autograd) with the useful (non-padding) FLOP rate against the
-  device's sgemm rate measured in the same run.
+  device's sgemm rate measured in the same run. Each round times the implementations on inputs
+  allocated anew, so the best of the rounds does not hang on one allocation's page placement.
 
 The roofline bound (docs/ops.md, SPEC section 3) of a pass is
 max(useful FLOPs / sgemm rate, bytes / copy bandwidth), both rates measured here; ``roofline %``
 is that bound over the measured time. On the CPU, glibc is asked to keep freed memory mapped
 (``--no-keep-freed-memory`` turns this off): otherwise an output of a few MiB sometimes comes from
-a fresh mmap and page-faults (~3000 faults, 2-3 ms for 12 MiB on the build machine) and sometimes not, a tax that
-lands on whichever implementation's allocation draws it; the CSVs' ``page_faults`` column counts
-the faults of each kept run. Writes ``dwconv_table1.{md,csv,png}`` and
+a fresh mmap and page-faults (~3000 faults, 2-3 ms for 12 MiB on the build machine) and sometimes
+not, a tax that lands on whichever implementation's allocation draws it; the CSVs' ``page_faults``
+column counts the faults of each kept run. Writes ``dwconv_table1.{md,csv,png}`` and
 ``dwconv_passes.{md,csv}`` into ``--out`` (default ``work_dirs/benchmark_dwconv/<device>``).
 """
 import argparse
@@ -156,13 +157,13 @@ def stack_fn(impl: str, x: torch.Tensor, weights: Sequence[torch.Tensor], mode: 
     return run
 
 
-def best_interleaved(fns: Dict, device: torch.device, repeats: int) -> Dict[str, Tuple[float, float, int]]:
-    """Best (wall, CPU) seconds of each function over ``repeats`` interleaved runs, and the page
-    faults of its fastest run."""
-    for fn in fns.values():  # warm-up (and the extension's one-off set-up)
+def best_interleaved(rounds: Sequence[Dict], device: torch.device) -> Dict[str, Tuple[float, float, int]]:
+    """Best (wall, CPU) seconds of each function over interleaved rounds (each round a dict of the
+    same names, all timed once), and the page faults of its fastest run."""
+    for fn in rounds[0].values():  # warm-up (and the extension's one-off set-up)
         fn()
-    best = {name: (float('inf'), float('inf'), 0) for name in fns}
-    for _ in range(repeats):
+    best = {name: (float('inf'), float('inf'), 0) for name in rounds[0]}
+    for fns in rounds:
         for name, fn in fns.items():
             wall, cpu, faults = timed_cpu(fn, device)
             fastest = wall < best[name][0]
@@ -178,11 +179,13 @@ def run_passes(args, device: torch.device, rates: Dict[str, float], impls: List[
         x0 = torch.randn(n, CHANNELS, h, h, device=device, generator=gen).to(args.dtype)
         g0 = torch.randn(n, CHANNELS, h, h, device=device, generator=gen).to(args.dtype)
         w = (torch.randn(CHANNELS, 1, k, k, device=device, generator=gen) * 0.05).to(args.dtype)
-        fns = {}
-        for impl in impls:
-            for name, fn in pass_fns(impl, to_layout(x0, impl), w, to_layout(g0, impl)).items():
-                fns[(impl, name)] = fn
-        times = best_interleaved(fns, device, args.repeats)
+        # Each round gets inputs of its own, alive until the cell ends: a layer's time on one tensor
+        # depends on where its pages fall (ours NCHW K=5 forward: 0.91-1.55 ms over 8 allocations on
+        # the build machine, PyTorch's alike), so one allocation would fix a run's luck per cell.
+        rounds = [{(impl, name): fn for impl in impls
+                   for name, fn in pass_fns(impl, to_layout(x0, impl).clone(), w, to_layout(g0, impl).clone()).items()}
+                  for _ in range(args.repeats)]
+        times = best_interleaved(rounds, device)
         flops = useful_flops(n, CHANNELS, h, h, k)
         for (impl, name), (t, cpu, faults) in times.items():
             passes = 3 if name == 'forward_backward' else 1
@@ -210,7 +213,7 @@ def run_table1(args, device: torch.device, rates: Dict[str, float], impls: List[
                 n_layers = max(1, min(LAYERS, int(args.cell_budget / max(one, 1e-9) / args.repeats)))
                 layers_timed[impl] = n_layers
                 fns[impl] = stack_fn(impl, x, ws[:n_layers], mode)
-            times = best_interleaved(fns, device, args.repeats)
+            times = best_interleaved([fns] * args.repeats, device)
             flops = useful_flops(args.batch, CHANNELS, r, r, k) * (1 if mode == 'forward' else 3)
             nbytes = min_bytes(args.batch, CHANNELS, r, r, k, args.dtype.itemsize) * (1 if mode == 'forward' else 3)
             bound = LAYERS * max(flops / rates['sgemm'], nbytes / rates['bandwidth'])
