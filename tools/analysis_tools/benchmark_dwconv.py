@@ -21,8 +21,9 @@ max(useful FLOPs / sgemm rate, bytes / copy bandwidth), both rates measured here
 is that bound over the measured time. On the CPU, glibc is asked to keep freed memory mapped
 (``--no-keep-freed-memory`` turns this off): otherwise an output of a few MiB sometimes comes from
 a fresh mmap and page-faults (~3000 faults, 2-3 ms for 12 MiB on the build machine) and sometimes
-not, a tax that lands on whichever implementation's allocation draws it; the CSVs' ``page_faults``
-column counts the faults of each kept run. Writes ``dwconv_table1.{md,csv,png}`` and
+not, a tax that lands on whichever implementation's allocation draws it. This lowers the odds, it
+does not rule faults out (a freed block that an aligned request of its own size cannot reuse still
+leaves fresh pages to touch): the CSVs' ``page_faults`` column counts the faults of each kept run. Writes ``dwconv_table1.{md,csv,png}`` and
 ``dwconv_passes.{md,csv}`` into ``--out`` (default ``work_dirs/benchmark_dwconv/<device>``).
 """
 import argparse
@@ -87,8 +88,8 @@ def timed_cpu(fn: Callable[[], object], device: torch.device) -> Tuple[float, fl
 
 def keep_freed_memory_mapped() -> bool:
     """Ask glibc to serve allocations below 32 MiB from its heap and keep freed memory mapped
-    (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD), so that allocating a layer's output does not
-    page-fault in some runs and not in others. False where the C library has no mallopt."""
+    (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD), so that allocating a layer's output reuses
+    mapped pages instead of faulting in fresh ones. False where the C library has no mallopt."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').mallopt
     except (OSError, AttributeError):

@@ -80,8 +80,7 @@ constexpr int64_t kStreamBytesPerThread = int64_t(1) << 20;
 bool stream_output(const at::Tensor& y, int vl) {
   constexpr int64_t kCacheLine = 64;
   if (static_cast<int64_t>(y.nbytes()) <= at::get_num_threads() * kStreamBytesPerThread) return false;
-  if (vl * y.element_size() != kCacheLine) return false;
-  if (reinterpret_cast<uintptr_t>(y.data_ptr()) % (vl * y.element_size()) != 0) return false;
+  if (vl * y.element_size() != kCacheLine || reinterpret_cast<uintptr_t>(y.data_ptr()) % kCacheLine != 0) return false;
   for (int64_t d = 0; d < y.dim(); ++d)
     if ((y.stride(d) == 1 ? y.size(d) : y.stride(d)) % vl != 0) return false;
   return true;

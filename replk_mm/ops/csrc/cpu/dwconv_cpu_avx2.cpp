@@ -36,8 +36,6 @@ struct Avx2Ops {
   static V loadu(const T* p) { return _mm256_loadu_ps(p); }
   static void store(T* p, V v) { _mm256_store_ps(p, v); }
   static void storeu(T* p, V v) { _mm256_storeu_ps(p, v); }
-  static void stream(T* p, V v) { _mm256_stream_ps(p, v); }  // p 32-byte aligned
-  static void fence() { _mm_sfence(); }
   static V zero() { return _mm256_setzero_ps(); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }

@@ -48,7 +48,8 @@ struct Avx512 {
   static V loadu(const T* p) { return _mm512_loadu_ps(p); }
   static void store(T* p, V v) { _mm512_store_ps(p, v); }
   static void storeu(T* p, V v) { _mm512_storeu_ps(p, v); }
-  // non-temporal store (p 64-byte aligned); fence() orders a thread's streamed stores before it hands over
+  // non-temporal store of a whole cache line (p 64-byte aligned); fence() orders a thread's
+  // streamed stores before the data is handed over
   static void stream(T* p, V v) { _mm512_stream_ps(p, v); }
   static void fence() { _mm_sfence(); }
   static V zero() { return _mm512_setzero_ps(); }

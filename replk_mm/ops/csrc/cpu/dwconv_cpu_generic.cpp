@@ -21,8 +21,6 @@ struct Generic {
     for (int l = 0; l < L; ++l) p[l] = a.v[l];
   }
   static void storeu(T* p, const V& a) { store(p, a); }
-  static void stream(T* p, const V& a) { store(p, a); }
-  static void fence() {}
   static V zero() { return V{}; }
   static V add(const V& a, const V& b) {
     V r;

@@ -48,8 +48,9 @@ struct ConvRowCL {
   const T* bias;   // blocks * VL values, or nullptr
   int64_t blocks;
   int64_t H, W, K, h;
-  // write y with non-temporal stores (y and its pixel stride aligned to whole vectors): for outputs
-  // larger than the caches, which would otherwise be read for ownership and evict the input rows
+  // write y with non-temporal stores (vectors of a whole cache line, y and its pixel stride aligned
+  // to them; other vector widths ignore it): for outputs larger than the caches, whose lines would
+  // otherwise be read for ownership first
   bool stream;
 };
 

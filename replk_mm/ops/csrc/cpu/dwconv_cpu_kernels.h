@@ -360,6 +360,26 @@ void grad_weight_tile_impl(const replk::cpu::GradWeightTile<S, typename O::T>& a
   }
 }
 
+// Ops classes whose vectors are whole cache lines (AVX-512 float32) also have non-temporal stores:
+// O::stream(p, v) and O::fence().
+template <class O>
+constexpr bool kStreams = requires(typename O::T* p, typename O::V v) {
+  O::stream(p, v);
+  O::fence();
+};
+
+// Stores the n output vectors acc[0..n) at y, y + ys, ...; non-temporal where asked and O has them.
+template <class O>
+inline void store_block(typename O::T* y, int64_t ys, const typename O::V* acc, int64_t n, bool stream) {
+  if constexpr (kStreams<O>) {
+    if (stream) {
+      for (int64_t q = 0; q < n; ++q) O::stream(y + q * ys, acc[q]);
+      return;
+    }
+  }
+  for (int64_t q = 0; q < n; ++q) O::storeu(y + q * ys, acc[q]);
+}
+
 // Direct channels_last forward of one output row (all channel blocks, small K): input vectors are
 // read from the tensor itself, so no packing copy is made. At the image borders the input vectors
 // outside the image are not read (they count as zeros).
@@ -402,15 +422,12 @@ void conv_row_cl_impl(const replk::cpu::ConvRowCL<typename O::T>& a) {
             fma_chunk<O, TJ>(xr + col * a.xsw, a.xsw, wv, acc, d_begin, d_end);
         }
       }
-      const int64_t nq = imin<int64_t>(WB, a.W - w0);
-      T* yb = yr + w0 * a.ysw + cb * VL;
-      if (a.stream)
-        for (int64_t q = 0; q < nq; ++q) O::stream(yb + q * a.ysw, acc[q]);
-      else
-        for (int64_t q = 0; q < nq; ++q) O::storeu(yb + q * a.ysw, acc[q]);
+      store_block<O>(yr + w0 * a.ysw + cb * VL, a.ysw, acc, imin<int64_t>(WB, a.W - w0), a.stream);
     }
   }
-  if (a.stream) O::fence();
+  if constexpr (kStreams<O>) {
+    if (a.stream) O::fence();
+  }
 }
 
 // Direct NCHW forward of one channel plane (small K, compile-time): vectors of VL outputs along a
