@@ -23,8 +23,9 @@ is that bound over the measured time. On the CPU, glibc is asked to keep freed m
 a fresh mmap and page-faults (~3000 faults, 2-3 ms for 12 MiB on the build machine) and sometimes
 not, a tax that lands on whichever implementation's allocation draws it. This lowers the odds, it
 does not rule faults out (a freed block that an aligned request of its own size cannot reuse still
-leaves fresh pages to touch): the CSVs' ``page_faults`` column counts the faults of each kept run. Writes ``dwconv_table1.{md,csv,png}`` and
-``dwconv_passes.{md,csv}`` into ``--out`` (default ``work_dirs/benchmark_dwconv/<device>``).
+leaves fresh pages to touch): the CSVs' ``page_faults`` column counts the faults of each kept run.
+Writes ``dwconv_table1.{md,csv,png}`` and ``dwconv_passes.{md,csv}`` into ``--out`` (default
+``work_dirs/benchmark_dwconv/<device>``).
 """
 import argparse
 import csv
@@ -184,7 +185,8 @@ def run_passes(args, device: torch.device, rates: Dict[str, float], impls: List[
         # depends on where its pages fall (ours NCHW K=5 forward: 0.91-1.55 ms over 8 allocations on
         # the build machine, PyTorch's alike), so one allocation would fix a run's luck per cell.
         rounds = [{(impl, name): fn for impl in impls
-                   for name, fn in pass_fns(impl, to_layout(x0, impl).clone(), w, to_layout(g0, impl).clone()).items()}
+                   for name, fn in pass_fns(impl, to_layout(x0, impl).clone(), w,
+                                            to_layout(g0, impl).clone()).items()}
                   for _ in range(args.repeats)]
         times = best_interleaved(rounds, device)
         flops = useful_flops(n, CHANNELS, h, h, k)
