@@ -11,11 +11,14 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from .checkpoint import load_checkpoint_file, register_safe_globals
 
 
-def _load_local(filename: str, map_location=None):
+def load_from_local(filename: str, map_location=None):
+    """MMEngine's local scheme. MMEngine logs ``Loads checkpoint by {name[10:]} backend``: the
+    loaders' names are ``load_from_<scheme>``."""
     return load_checkpoint_file(filename, map_location)
 
 
-def _load_http(filename: str, map_location=None, model_dir=None):
+def load_from_http(filename: str, map_location=None, model_dir=None):
+    """MMEngine's http(s) scheme: downloaded once by rank 0 into the torch hub cache."""
     rank, world_size = get_dist_info()
     model_dir = model_dir or os.path.join(torch.hub.get_dir(), 'checkpoints')
     cached = os.path.join(model_dir, os.path.basename(filename.split('?')[0]))
@@ -36,9 +39,9 @@ def use_safe_checkpoint_loading() -> None:
     :func:`replk_mm.checkpoint.load_checkpoint_file`.
     """
     register_safe_globals()
-    CheckpointLoader.register_scheme(prefixes='', loader=_load_local, force=True)
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
     CheckpointLoader.register_scheme(
-        prefixes=('http://', 'https://'), loader=_load_http, force=True)
+        prefixes=('http://', 'https://'), loader=load_from_http, force=True)
 
 
 use_safe_checkpoint_loading()

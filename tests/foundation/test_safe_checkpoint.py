@@ -101,6 +101,13 @@ def test_malicious_checkpoint_refused(tmp_path, monkeypatch):
     assert not marker.exists(), 'the payload ran'
 
 
+def test_mmengine_names_the_local_backend(tmp_path, log_records):
+    path = tmp_path / 'weights.pth'
+    torch.save({'state_dict': {'a': torch.zeros(1)}}, path)
+    CheckpointLoader.load_checkpoint(str(path), logger=log_records.logger)
+    assert f'Loads checkpoint by local backend from path: {path}' in log_records.text('INFO')
+
+
 def test_trusted_opt_in_is_explicit(tmp_path, monkeypatch):
     path, marker = tmp_path / 'evil.pth', tmp_path / 'pwned'
     _write_malicious(path, marker)

@@ -275,7 +275,7 @@ def classifier_backbone():
     return tiny(out_indices=(3, ), norm_intermediate_features=True).eval()
 
 
-def test_authors_format_loads_through_init_cfg(tmp_path, classifier_backbone):
+def test_authors_format_loads_through_init_cfg(tmp_path, classifier_backbone, log_records):
     path = str(tmp_path / 'authors.pth')
     torch.save(authors_checkpoint(classifier_backbone), path)
     model = RepLKNet(dict(TINY), out_indices=(3, ), norm_intermediate_features=True,
@@ -283,13 +283,21 @@ def test_authors_format_loads_through_init_cfg(tmp_path, classifier_backbone):
     model.init_weights()
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(features(model, x), features(classifier_backbone, x))
-    # a downstream backbone (no final norm): the classifier BN is reported by name, not loaded
+    # a downstream backbone (no final norm): the classifier BN is left out in an INFO line, not
+    # warned about; keys that are not expected still warn
     downstream = RepLKNet(dict(TINY))
-    missing, unexpected = load_pretrained(downstream, path, REPLKNET_KEY_MAPPING)
-    assert missing == [] and unexpected == [
-        'stages.3.norm.bias', 'stages.3.norm.num_batches_tracked', 'stages.3.norm.running_mean',
-        'stages.3.norm.running_var', 'stages.3.norm.weight'
-    ]
+    records, logger = log_records, log_records.logger
+    missing, unexpected = load_pretrained(downstream, path, REPLKNET_KEY_MAPPING, logger=logger)
+    assert missing == [] and unexpected == []
+    assert [r.levelname for r in records.records if 'stages.3.norm.' in r.getMessage()] == ['INFO']
+    assert "the classifier's final norm" in records.text('INFO')
+    assert records.text('WARNING') == ''
+    ckpt = torch.load(path)
+    ckpt['model']['stages.0.stray.weight'] = torch.zeros(1)
+    torch.save(ckpt, path)
+    assert load_pretrained(downstream, path, REPLKNET_KEY_MAPPING, logger=logger)[1] == [
+        'stages.0.stray.weight']
+    assert 'stages.0.stray.weight' in records.text('WARNING')
 
 
 def test_mmpretrain_format_and_features_equal_mmpretrain(tmp_path):

@@ -45,8 +45,13 @@ ARCH_SETTINGS: Dict[str, dict] = {
 _ARCH_KEYS = ('large_kernel_sizes', 'layers', 'channels', 'small_kernel', 'dw_ratio', 'ffn_ratio')
 
 # The authors' ImageNet classifier: ``norm`` is a BN on the last stage (our ``stages.3.norm`` with
-# norm_intermediate_features and out_indices=(3,)); ``head`` is the linear classifier.
-REPLKNET_KEY_MAPPING = KeyMapping(renames=(('norm.', 'stages.3.norm.'), ), drops=('head.', ))
+# norm_intermediate_features and out_indices=(3,)); ``head`` is the linear classifier. Downstream
+# backbones have no such norm: there it is left out with an INFO line.
+REPLKNET_KEY_MAPPING = KeyMapping(
+    renames=(('norm.', 'stages.3.norm.'), ), drops=('head.', ),
+    optional=(('stages.3.norm.', "the classifier's final norm, which this backbone does not have "
+               '(no norm_intermediate_features on stage 3, as in every downstream model); '
+               'expected'), ))
 
 
 def arch_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> dict:

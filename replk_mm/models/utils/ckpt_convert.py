@@ -28,10 +28,15 @@ class KeyMapping:
     Args:
         renames: ``(old_prefix, new_prefix)`` pairs; the first pair whose prefix matches applies.
         drops: prefixes of keys that are no backbone weights (a classifier head); dropped.
+        optional: ``(prefix, reason)`` pairs of (renamed) keys that some configurations of the
+            backbone lack by design (the classifier's final norm in a downstream backbone): where
+            the model has no such key they are left out with ``reason`` in an INFO line instead of
+            a warning about keys that match nothing.
     """
 
     renames: Tuple[Tuple[str, str], ...] = ()
     drops: Tuple[str, ...] = ()
+    optional: Tuple[Tuple[str, str], ...] = ()
 
     def apply(self, key: str) -> Optional[str]:
         """The backbone key of ``key``, or None when the key is dropped."""
@@ -96,14 +101,28 @@ def load_pretrained(module: nn.Module,
         logger: where unmatched keys are reported.
 
     Returns:
-        ``(missing_keys, unexpected_keys)``; shape mismatches raise ``ValueError``.
+        ``(missing_keys, unexpected_keys)`` (without the mapping's optional keys the model lacks);
+        shape mismatches raise ``ValueError``.
     """
     logger = logger or MMLogger.get_current_instance()
     state_dict = backbone_state_dict(
         extract_state_dict(_load(filename)), mapping, prefix=prefix, logger=logger)
+    state_dict = _without_optional(state_dict, module, mapping, logger)
     if convert is not None:
         state_dict = convert(state_dict)
     return load_state_dict_checked(module, state_dict, source=str(filename), logger=logger)
+
+
+def _without_optional(state_dict: StateDict, module: nn.Module, mapping: KeyMapping,
+                      logger: MMLogger) -> StateDict:
+    """``state_dict`` less the mapping's optional keys that ``module`` does not have (logged)."""
+    own = module.state_dict().keys()
+    for prefix, reason in mapping.optional:
+        unused = sorted(k for k in state_dict if k.startswith(prefix) and k not in own)
+        if unused:
+            logger.info(f'not loading {_abbreviate(unused)}: {reason}')
+            state_dict = {k: v for k, v in state_dict.items() if k not in unused}
+    return state_dict
 
 
 def _load(filename: str) -> Any:
