@@ -1,6 +1,8 @@
 """Every workaround this package needs for the OpenMMLab 2.x stack on current PyTorch, in one place.
 
 Applied once, when ``replk_mm`` is imported. Each function names the upstream behaviour it fixes.
+One workaround is opt-in and lives with the tools' machinery: distributed runs on CPU processes
+(:mod:`replk_mm.engine.distributed`, whose docstring says why).
 """
 import os
 

@@ -4,6 +4,11 @@ MMEngine 0.10.7 assumes GPUs once launched: ``init_dist('pytorch')`` calls ``tor
 and the Runner wraps the model in DDP with ``device_ids=[LOCAL_RANK]``, which DDP rejects for a CPU
 module. :func:`setup_cpu_distributed` initialises gloo itself (the Runner then skips ``init_dist``)
 and selects :class:`CPUDistributedDataParallel`.
+
+Not in :mod:`replk_mm.compat` with the other workarounds: those patch MMEngine for every user
+when the package is imported (before the models are registered), while this one is a model
+wrapper and a config change that only the tools' front end (:mod:`replk_mm.engine.cli`) opts into,
+and it needs the models' batch norm; importing it from ``compat`` would load the models first.
 """
 import torch
 import torch.distributed as torch_dist

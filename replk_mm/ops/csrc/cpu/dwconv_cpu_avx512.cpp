@@ -6,56 +6,18 @@
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2")
 // GCC 12 reports its own AVX-512 intrinsics headers as "may be used uninitialized" (a false positive).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-
-#include "dwconv_cpu_kernels.h"
+#include "dwconv_cpu_x86.h"
 
 namespace {
 
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  // u[4*i + k] holds, in each 128-bit lane l, column 4*l + k of rows 4*i .. 4*i+3.
-  for (int k = 0; k < 4; ++k) {
-    t[k] = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88);       // lanes 0,2 of rows 0-3 | 4-7
-    t[4 + k] = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD);   // lanes 1,3
-    t[8 + k] = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
-    t[12 + k] = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
-  }
-  for (int k = 0; k < 4; ++k) {
-    r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);            // column k
-    r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xDD);        // column 8 + k
-    r[4 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0x88);   // column 4 + k
-    r[12 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0xDD);  // column 12 + k
-  }
-}
-
 template <int BlockWidth>
-struct Avx512 {
-  using T = float;
-  using V = __m512;
-  static constexpr int VL = 16, WB = BlockWidth, TJMAX = 8;
-  static V load(const T* p) { return _mm512_load_ps(p); }
-  static V loadu(const T* p) { return _mm512_loadu_ps(p); }
-  static void store(T* p, V v) { _mm512_store_ps(p, v); }
-  static void storeu(T* p, V v) { _mm512_storeu_ps(p, v); }
+struct Avx512 : RegisterTranspose<Avx512<BlockWidth>, true> {
+  REPLK_X86_FLOAT_OPS(_mm512, __m512, 16)
+  static constexpr int WB = BlockWidth, TJMAX = 8;
   // non-temporal store of a whole cache line (p 64-byte aligned); fence() orders a thread's
   // streamed stores before the data is handed over
   static void stream(T* p, V v) { _mm512_stream_ps(p, v); }
   static void fence() { _mm_sfence(); }
-  static V zero() { return _mm512_setzero_ps(); }
-  static V add(V a, V b) { return _mm512_add_ps(a, b); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static V set1(T v) { return _mm512_set1_ps(v); }
   using M = __mmask16;
   // lanes [lo, hi) of a vector, 0 <= lo, hi <= 16
   static M range_mask(int lo, int hi) {
@@ -63,38 +25,21 @@ struct Avx512 {
   }
   static V maskz_loadu(M m, const T* p) { return _mm512_maskz_loadu_ps(m, p); }
   static void mask_storeu(T* p, M m, V v) { _mm512_mask_storeu_ps(p, m, v); }
-  // out[w][16] = in[c * sc + w] for 16 channels c and W columns
-  static void transpose_in(const T* in, int64_t sc, int64_t W, T* out) {
-    int64_t w = 0;
-    for (; w + 16 <= W; w += 16) {
-      __m512 r[16];
-      for (int c = 0; c < 16; ++c) r[c] = _mm512_loadu_ps(in + c * sc + w);
-      transpose16(r);
-      for (int k = 0; k < 16; ++k) _mm512_store_ps(out + (w + k) * 16, r[k]);
+  // 16 x 16 in registers: r[k] becomes column k
+  static void transpose(V r[16]) {
+    V u[16], t[16];
+    transpose_within_lanes<Avx512>(r, u);
+    for (int k = 0; k < 4; ++k) {
+      t[k] = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88);       // lanes 0,2 of rows 0-3 | 4-7
+      t[4 + k] = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD);   // lanes 1,3
+      t[8 + k] = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
+      t[12 + k] = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
     }
-    if (w < W) {
-      const __mmask16 m = static_cast<__mmask16>((1u << (W - w)) - 1);
-      __m512 r[16];
-      for (int c = 0; c < 16; ++c) r[c] = _mm512_maskz_loadu_ps(m, in + c * sc + w);
-      transpose16(r);
-      for (int k = 0; k < W - w; ++k) _mm512_store_ps(out + (w + k) * 16, r[k]);
-    }
-  }
-  // out[c * sc + w] = in[w][16]
-  static void transpose_out(const T* in, int64_t W, T* out, int64_t sc) {
-    int64_t w = 0;
-    for (; w + 16 <= W; w += 16) {
-      __m512 r[16];
-      for (int k = 0; k < 16; ++k) r[k] = _mm512_load_ps(in + (w + k) * 16);
-      transpose16(r);
-      for (int c = 0; c < 16; ++c) _mm512_storeu_ps(out + c * sc + w, r[c]);
-    }
-    if (w < W) {
-      const __mmask16 m = static_cast<__mmask16>((1u << (W - w)) - 1);
-      __m512 r[16];
-      for (int k = 0; k < 16; ++k) r[k] = k < W - w ? _mm512_load_ps(in + (w + k) * 16) : _mm512_setzero_ps();
-      transpose16(r);
-      for (int c = 0; c < 16; ++c) _mm512_mask_storeu_ps(out + c * sc + w, m, r[c]);
+    for (int k = 0; k < 4; ++k) {
+      r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);            // column k
+      r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xDD);        // column 8 + k
+      r[4 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0x88);   // column 4 + k
+      r[12 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0xDD);  // column 12 + k
     }
   }
 };
