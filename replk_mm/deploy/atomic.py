@@ -2,6 +2,8 @@
 renamed onto it (``os.replace``) only when all of them were written, so a failed or interrupted
 conversion never leaves a half-written output behind."""
 import contextlib
+import csv
+import io
 import os
 import tempfile
 from typing import Iterator, List, Sequence
@@ -64,3 +66,12 @@ def write_text_atomic(path: str, text: str) -> None:
     with atomic_outputs([path], force=True) as (tmp, ):
         with open(tmp, 'w') as f:
             f.write(text)
+
+
+def write_csv_atomic(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    """Write ``rows`` (dicts, a missing column left empty) as a CSV table with a header line."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())

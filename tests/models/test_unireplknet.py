@@ -524,6 +524,53 @@ def test_benchmark_backbone_tool_accepts_unireplknet_configs():
     assert model(torch.randn(1, 3, 64, 64))[0].shape == (1, kwargs['arch']['dims'][3], 2, 2)
 
 
+def test_benchmark_backbone_tool_tabulates_a_list_of_configs(tmp_path, monkeypatch):
+    import csv
+    import runpy
+    tool = runpy.run_path(osp.join(CONFIG_DIR, '..', '..', 'tools', 'analysis_tools',
+                                   'benchmark_backbone.py'))
+    configs = []
+    for name, backbone in (('uni', dict(type='replk_mm.UniRepLKNet', arch=reduced('A'))),
+                           ('replk', dict(type='replk_mm.RepLKNet', arch=dict(
+                               large_kernel_sizes=[7, 7, 5, 3], layers=[1, 1, 1, 1],
+                               channels=[8, 8, 16, 16], small_kernel=3)))):
+        configs.append(str(tmp_path / f'{name}.py'))
+        open(configs[-1], 'w').write(f'model = dict(backbone={backbone!r})\n')
+    monkeypatch.setattr('sys.argv', [
+        'benchmark_backbone.py', *configs, '--shape', '64', '64', '--modes', 'forward',
+        '--repeats', '1', '--warmup', '0', '--no-memory', '--out', str(tmp_path / 'out'),
+        '--variants', 'ours-train-nchw', 'ours-deploy-nchw', 'mmpretrain-default'])
+    tool['main']()
+    rows = list(csv.DictReader(open(tmp_path / 'out' / 'benchmark.csv')))
+    models = [f'UniRepLKNet {configs[0]}', f'RepLKNet {configs[1]}']  # no mmpretrain counterpart
+    assert [(r['model'], r['variant']) for r in rows] == [
+        (model, variant) for model in models for variant in ('ours-train-nchw', 'ours-deploy-nchw')]
+    assert all(float(r['median_ms']) > 0 for r in rows)
+
+
+def test_flops_tool_tabulates_a_list_of_configs_on_the_meta_device(tmp_path, monkeypatch):
+    """The UniRepLKNet table: get_flops.py given classifier configs (at 224 and at 384)."""
+    import runpy
+    tool = runpy.run_path(osp.join(CONFIG_DIR, '..', '..', 'tools', 'analysis_tools',
+                                   'get_flops.py'))
+    configs = [osp.join('configs', 'unireplknet', name) for name in (
+        'unireplknet-a_32xb128_in1k.py', 'unireplknet-s_in22k-pre_8xb64_in1k-384px.py')]
+    monkeypatch.chdir(osp.join(CONFIG_DIR, '..', '..'))
+    monkeypatch.setattr('sys.argv', ['get_flops.py', *configs, '--deploy', '--counter', 'meta',
+                                     '--out', str(tmp_path)])
+    tool['main']()
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / 'flops.csv')))
+    assert [(r['config'], r['input'], r['form']) for r in rows] == [
+        (configs[0], '224x224', 'training'), (configs[0], '224x224', 'deploy'),
+        (configs[1], '384x384', 'training'), (configs[1], '384x384', 'deploy')]
+    assert [int(r['params']) for r in rows] == [*AUTHORS_PARAMS['A'], *AUTHORS_PARAMS['S']]
+    # the README's GFLOPs (deploy form) from configs/benchmarks/official.py: S at 384, 26.7
+    assert [float(r['paper_gflops']) for r in rows[2:]] == [26.7, 26.7]
+    assert abs(float(rows[3]['gflops']) - 26.7) / 26.7 < 0.01
+    assert (tmp_path / 'flops.md').read_text().count('| configs/unireplknet/') == 4
+
+
 def test_default_init_is_the_authors_truncated_normal():
     torch.manual_seed(0)
     model = UniRepLKNet(dict(depths=(1, 1, 1, 1), dims=(16, 16, 16, 16),

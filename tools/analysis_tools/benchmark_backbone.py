@@ -1,20 +1,21 @@
-"""Latency and peak memory of a RepLKNet backbone: training vs deploy form, the package's depth-wise
-dispatch vs plain NCHW PyTorch, side by side with mmpretrain's RepLKNet on the same input.
+"""Latency and peak memory of RepLKNet / UniRepLKNet backbones: training vs deploy form, the
+package's depth-wise dispatch vs plain NCHW PyTorch, side by side with mmpretrain's RepLKNet on the
+same input.
 
-    python tools/analysis_tools/benchmark_backbone.py CONFIG_OR_ARCH [--shape H W] [--batch N]
-        [--threads T] [--repeats R] [--modes forward forward_backward] [--out DIR]
+    python tools/analysis_tools/benchmark_backbone.py CONFIG_OR_ARCH [CONFIG_OR_ARCH ...]
+        [--shape H W] [--batch N] [--threads T] [--repeats R]
+        [--modes forward forward_backward] [--out DIR]
 
-CONFIG_OR_ARCH is a preset name (31B, 31L, XL, ...) or a config whose ``model.backbone`` is a
-``replk_mm.RepLKNet`` or a ``replk_mm.UniRepLKNet`` (e.g. ``configs/unireplknet/*.py``; it has no
-mmpretrain counterpart, so only the replk_mm variants run). Every variant outputs the last stage with a BN on it (mmpretrain's default
-``out_indices=(3,)``). Runs are interleaved (A, B, C, A, B, C, ...) after warm-up, and each variant's
-median is reported, so load on a shared machine hits every variant alike. Peak memory: what one
+CONFIG_OR_ARCH is a RepLKNet preset name (31B, 31L, XL, ...) or a config whose ``model.backbone``
+is a ``replk_mm.RepLKNet`` or a ``replk_mm.UniRepLKNet`` (e.g. ``configs/unireplknet/*.py``; it has
+no mmpretrain counterpart, so only the replk_mm variants run); several of them make one table, one
+model after the other. Every variant outputs the last stage with a norm on it (mmpretrain's
+default ``out_indices=(3,)``). Runs are interleaved (A, B, C, A, B, C, ...) after warm-up, and each
+variant's median is reported, so load on a shared machine hits every variant alike. Peak memory: what one
 pass allocates at its peak beyond the weights and input (CUDA: the allocator's statistics; CPU: the
 profiler's allocation events). Writes ``benchmark.md`` and ``benchmark.csv`` into ``--out``.
 """
 import argparse
-import csv
-import io
 import os
 import statistics
 import sys
@@ -27,7 +28,7 @@ from mmengine.config import Config
 from tqdm import tqdm
 
 from replk_mm.deploy import reparameterize_model
-from replk_mm.deploy.atomic import write_text_atomic
+from replk_mm.deploy.atomic import write_csv_atomic, write_text_atomic
 from replk_mm.models import RepLKNet, UniRepLKNet
 from replk_mm.models.backbones.replknet import ARCH_SETTINGS
 from replk_mm.ops import dw_impl_choices, use_bn_impl, use_dw_impl
@@ -175,10 +176,36 @@ def peak_memory_cpu(step: Callable[[], None]) -> float:
     return peak / 2**20
 
 
+def benchmark(config: str, args: argparse.Namespace, device: torch.device) -> List[dict]:
+    """The rows of one CONFIG_OR_ARCH: every applicable variant in every mode."""
+    kwargs = backbone_kwargs(config)
+    x = torch.randn(args.batch, 3, *args.shape, device=device)
+    models = {v: build(v, kwargs, device) for v in args.variants}
+    models = {v: m for v, m in models.items() if m is not None}
+    model_name = f'{kwargs.get("type", "RepLKNet")} {config}'
+    rows = []
+    for mode in args.modes:
+        steps = {v: make_step(v, m, x, mode) for v, m in models.items()}
+        medians = time_interleaved(steps, device, args.warmup, args.repeats, f'{config} {mode}')
+        for v, seconds in medians.items():
+            rows.append(dict(model=model_name, mode=mode, variant=v, description=VARIANTS[v][0],
+                             median_ms=round(seconds * 1e3, 1)))
+    if not args.no_memory:
+        for row in rows:
+            step = make_step(row['variant'], models[row['variant']], x, row['mode'])
+            peak = peak_memory_cuda(step, device) if device.type == 'cuda' else peak_memory_cpu(step)
+            row['peak_mem_mib'] = round(peak, 1)
+    reference = {r['mode']: r['median_ms'] for r in rows if r['variant'] == 'mmpretrain-default'}
+    for row in rows:
+        if row['mode'] in reference:
+            row['speedup_vs_mmpretrain'] = round(reference[row['mode']] / row['median_ms'], 2)
+    return rows
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('config', help='RepLKNet arch name (e.g. 31B) or config file')
+    parser.add_argument('configs', nargs='+', metavar='CONFIG_OR_ARCH',
+                        help='RepLKNet arch names (e.g. 31B) or config files, one table')
     parser.add_argument('--shape', type=int, nargs=2, default=(224, 224), metavar=('H', 'W'))
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--threads', type=int, default=2, help='CPU threads (torch.set_num_threads)')
@@ -195,36 +222,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
-    kwargs = backbone_kwargs(args.config)
-    x = torch.randn(args.batch, 3, *args.shape, device=device)
-    models = {v: build(v, kwargs, device) for v in args.variants}
-    models = {v: m for v, m in models.items() if m is not None}
-    rows = []
-    for mode in args.modes:
-        steps = {v: make_step(v, m, x, mode) for v, m in models.items()}
-        medians = time_interleaved(steps, device, args.warmup, args.repeats, mode)
-        for v, seconds in medians.items():
-            rows.append(dict(mode=mode, variant=v, description=VARIANTS[v][0],
-                             median_ms=round(seconds * 1e3, 1)))
-    if not args.no_memory:
-        for v, model in models.items():
-            for row in rows:
-                if row['variant'] == v:
-                    step = make_step(v, model, x, row['mode'])
-                    peak = (peak_memory_cuda(step, device) if device.type == 'cuda' else
-                            peak_memory_cpu(step))
-                    row['peak_mem_mib'] = round(peak, 1)
-
-    reference = {r['mode']: r['median_ms'] for r in rows if r['variant'] == 'mmpretrain-default'}
-    for row in rows:
-        if row['mode'] in reference:
-            row['speedup_vs_mmpretrain'] = round(reference[row['mode']] / row['median_ms'], 2)
-    header = (f'{kwargs.get("type", "RepLKNet")} {kwargs.get("arch")} backbone, input {args.batch}x3x{args.shape[0]}x'
-              f'{args.shape[1]}, {args.device}' +
+    rows = [row for config in args.configs for row in benchmark(config, args, device)]
+    header = (f'Backbones, input {args.batch}x3x{args.shape[0]}x{args.shape[1]}, {args.device}' +
               (f', {args.threads} threads' if device.type == 'cpu' else '') +
               f', torch {torch.__version__}; median of {args.repeats} interleaved runs after '
               f'{args.warmup} warm-up runs')
-    columns = ['mode', 'variant', 'description', 'median_ms', 'speedup_vs_mmpretrain',
+    columns = ['model', 'mode', 'variant', 'description', 'median_ms', 'speedup_vs_mmpretrain',
                'peak_mem_mib']
     md = [header, '', 'Command: `python ' + ' '.join(sys.argv) + '`', '',
           '| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
@@ -236,11 +239,7 @@ def main() -> None:
     print(text)
     os.makedirs(args.out, exist_ok=True)
     write_text_atomic(os.path.join(args.out, 'benchmark.md'), text)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(os.path.join(args.out, 'benchmark.csv'), buffer.getvalue())
+    write_csv_atomic(os.path.join(args.out, 'benchmark.csv'), columns, rows)
 
 
 if __name__ == '__main__':
