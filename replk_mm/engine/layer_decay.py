@@ -27,6 +27,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 
 from ..registry import OPTIM_WRAPPER_CONSTRUCTORS
 
+
 def replknet_layer_id(name: str, num_layers: int) -> int:
     """Layer id of a RepLKNet parameter (name relative to the backbone)."""
     parts = name.split('.')

@@ -78,6 +78,36 @@ def test_classifier_configs_build_the_authors_model():
     assert set(k for k in model.state_dict() if 'norm' in k and 'stages.3.norm' in k)
 
 
+@pytest.mark.parametrize('config', [
+    'replknet-31B_32xb32_in1k-384px.py', 'replknet-31L_32xb16_in1k-384px.py',
+    'replknet-XL_32xb16_in1k-320px.py'
+])
+def test_finetune_configs_decay_the_lr_layer_by_layer(config):
+    """The authors' fine-tunes (--layer_decay 0.7): lr 4e-4 * 0.7 ** (13 - layer id) per group."""
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', 'replknet', config))
+    init_default_scope('mmpretrain')
+    with torch.device('meta'):
+        model = MODELS.build(cfg.model)
+        groups = build_optim_wrapper(model, cfg.optim_wrapper).optimizer.param_groups
+    lr_of = {id(p): g['lr'] for g in groups for p in g['params']}
+    wd_of = {id(p): g['weight_decay'] for g in groups for p in g['params']}
+    assert len(lr_of) == len(list(model.parameters()))
+    backbone, lr = model.backbone, 4e-4
+    for param, layer_id in [(backbone.stem[0].conv.weight, 0),
+                            (backbone.stages[1].blocks[0].pw1.conv.weight, 2),
+                            (backbone.stages[2].blocks[9].pw1.conv.weight, 3 + 9 // 4),
+                            (backbone.stages[2].blocks[35].pw2.conv.weight, 11),
+                            (backbone.stages[3].blocks[0].pw1.conv.weight, 12),
+                            (model.head.fc.weight, 13)]:
+        assert lr_of[id(param)] == pytest.approx(lr * 0.7**(13 - layer_id))
+    assert wd_of[id(model.head.fc.weight)] == 1e-8 and wd_of[id(model.head.fc.bias)] == 0.
+    assert wd_of[id(backbone.stem[0].bn.weight)] == 0.
+
+
 @pytest.mark.parametrize('arch', sorted(ARCH_SETTINGS))
 def test_reparam_equivalence_every_preset(arch):
     """Each preset's kernels, small kernel and dw_ratio at reduced width and depth."""
