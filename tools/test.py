@@ -16,8 +16,8 @@ from replk_mm.engine.cli import (ToolError, build_test_runner, format_metrics, l
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Evaluate a checkpoint with MMEngine\'s Runner')
-    parser.add_argument('config', help='config file (the *_deploy.py one for a converted '
-                        'checkpoint)')
+    parser.add_argument('config', help='config file (for a checkpoint converted by '
+                        'tools/deploy.py: the *_deploy.py it wrote next to it)')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='folder for the logs (default: work_dirs/<config>)')
     parser.add_argument('--out', help='dump the predictions to this pickle file')

@@ -158,7 +158,8 @@ def checked_state_dict(model: nn.Module, path: str) -> Dict[str, torch.Tensor]:
             f'checkpoint {path} is not a checkpoint of this model: {len(missing)} of its '
             f'{len(own)} keys are missing ({_few(missing)}) and {len(unexpected)} checkpoint keys '
             f'match nothing ({_few(unexpected)}). Pass a checkpoint trained with this config; '
-            'for one converted by tools/deploy.py use the matching *_deploy.py config')
+            f'for one converted by tools/deploy.py pass the config it wrote next to it '
+            f'({osp.splitext(path)[0]}.py)')
     shapes = [f'{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}'
               for k, v in state_dict.items() if v.shape != own[k].shape]
     if shapes:

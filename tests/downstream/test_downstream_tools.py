@@ -143,6 +143,28 @@ def test_dist_train_two_cpu_processes(data_root, tmp_path):
     assert osp.isfile(osp.join(work, 'iter_2.pth'))
 
 
+def test_slurm_scripts_hand_srun_the_tool_and_its_arguments(tmp_path):
+    """The SLURM scripts (no cluster here: an ``srun`` on PATH that prints its arguments)."""
+    (tmp_path / 'srun').write_text('#!/usr/bin/env bash\necho "srun $*"\n')
+    (tmp_path / 'srun').chmod(0o755)
+    env = dict(os.environ, PATH=f'{tmp_path}:{os.environ["PATH"]}', PYTHON='py', GPUS='16',
+               SRUN_ARGS='--quotatype=auto --x')
+    launch = '-p part --job-name=job --gres=gpu:8 --ntasks=16 --ntasks-per-node=8 '
+    launch += '--cpus-per-task=5 --kill-on-bad-exit=1 --quotatype=auto --x py -u ' + ROOT
+    for script, args, expected in [
+        ('slurm_train.sh', ['part', 'job', 'c.py', 'wd', '--amp'],
+         '/tools/train.py c.py --launcher slurm --work-dir wd --amp'),
+        ('slurm_test.sh', ['part', 'job', 'c.py', 'k.pth', '--out', 'o.pkl'],
+         '/tools/test.py c.py k.pth --launcher slurm --out o.pkl'),
+    ]:
+        proc = subprocess.run(['bash', osp.join(ROOT, 'tools', script), *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.strip() == f'srun {launch}{expected}', proc
+        proc = subprocess.run(['bash', osp.join(ROOT, 'tools', script), 'part'], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stderr.startswith(f'usage: bash tools/{script} ')
+
+
 def last_line(err: str) -> str:
     lines = err.strip().splitlines()
     return lines[-1] if lines else ''
@@ -183,6 +205,7 @@ def test_checkpoint_of_another_model_is_one_line(data_root, tmp_path, capsys):
     assert line.startswith('error: ') and other in line
     assert 'decode_head.' in line and 'neck.' in line  # the keys, both ways
     assert 'trained with this config' in line
+    assert f'tools/deploy.py pass the config it wrote next to it ({other[:-4]}.py)' in line
 
 
 @pytest.mark.parametrize('fails', [False, True])

@@ -1,4 +1,5 @@
-# The synthetic COCO-layout demo data of tools/misc/make_demo_data.py (128x128 images, 3 classes).
+# The synthetic COCO-layout demo data of tools/misc/make_demo_data.py (128x128 images, 3 classes):
+# coco_instance.py at 128 (training: one fixed scale instead of the multi-scale choice).
 _base_ = ['./coco_instance.py']
 data_root = 'data/demo/coco/'
 metainfo = dict(classes=('circle', 'square', 'triangle'),
@@ -10,13 +11,8 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs'),
 ]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(128, 128), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
+test_pipeline = _base_.test_pipeline  # the full one at 128
+test_pipeline[1].scale = (128, 128)  # Resize
 train_dataloader = dict(
     batch_size=4, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline,

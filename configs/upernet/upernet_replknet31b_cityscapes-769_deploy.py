@@ -1,4 +1,0 @@
-# upernet_replknet31b_cityscapes-769, re-parameterized backbone (deploy=True):
-# evaluates checkpoints converted by tools/deploy.py.
-_base_ = ['./upernet_replknet31b_cityscapes-769.py']
-model = dict(backbone=dict(deploy=True, init_cfg=None))
