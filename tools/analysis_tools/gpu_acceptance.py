@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)  # a fresh checkout: the package (and its in-place build) from here
-
-from replk_mm.deploy.atomic import write_text_atomic  # noqa: E402
+# A fresh checkout: the package (and its in-place build) from here. Importing it loads
+# replk_mm._ext, so nothing imports it before the build step has run (every import of the package
+# below is inside a function).
+sys.path.insert(0, ROOT)
 
 CSV_COLUMNS = ('step', 'case', 'impl', 'metric', 'value')
 MODES = ('forward', 'forward_backward')
@@ -145,19 +146,23 @@ def env_with_root() -> Dict[str, str]:
 
 def run_logged(cmd: Sequence[str], log: str, timeout: float, env: Optional[dict] = None
                ) -> Tuple[int, str]:
-    """Run ``cmd`` in the checkout, its output into ``log``; (exit status, output)."""
-    try:
-        proc = subprocess.run(list(cmd), cwd=ROOT, env=env or env_with_root(), capture_output=True,
-                              text=True, timeout=timeout)
-        status, output = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as err:
-        status, output = -1, f'{err.stdout or ""}{err.stderr or ""}\ntimed out after {timeout:.0f} s'
-    write_text_atomic(log, '$ ' + ' '.join(cmd) + '\n' + output)
-    return status, output
+    """Run ``cmd`` in the checkout, its output streamed into ``log`` (what a hung command printed
+    stays there); (exit status, output)."""
+    with open(log, 'w') as f:
+        f.write('$ ' + ' '.join(cmd) + '\n')
+        f.flush()
+        try:
+            status = subprocess.run(list(cmd), cwd=ROOT, env=env or env_with_root(), stdout=f,
+                                    stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            status = -1
+            f.write(f'\ntimed out after {timeout:.0f} s\n')
+    with open(log) as f:
+        return status, f.read()
 
 
 def last_lines(text: str, n: int = 6) -> List[str]:
-    return ['    ' + line for line in text.strip().splitlines()[-n:]]
+    return ['    ' + line for line in text.strip().splitlines()[-n:]] or ['    (no output)']
 
 
 # ----------------------------------------------------------------------------- the op candidates
@@ -288,7 +293,7 @@ def step_environment(ctx: Context, result: Result) -> None:
                                                            'cuda:0 used' if torch.cuda.device_count() > 1 else ''))
         nvcc = shutil.which('nvcc')
         version = subprocess.run([nvcc, '--version'], capture_output=True, text=True).stdout if nvcc else ''
-        lines.append(f'- nvcc: {nvcc} ({version.strip().splitlines()[-1]})' if nvcc else '- nvcc: not on PATH')
+        lines.append(f'- nvcc: {nvcc} ({last_lines(version, 1)[0].strip()})' if nvcc else '- nvcc: not on PATH')
     else:
         lines.append(f'- emulation on the CPU ({torch.get_num_threads()} thread): the CUDA kernels '
                      'compiled for the host (torch.ops.replk_mm_emu) stand in for the CUDA op; the '
@@ -309,7 +314,7 @@ CUDA_PROBE = ('import torch, replk_mm._ext; x = torch.ones(1, 2, 5, 5, device="c
 
 def step_build(ctx: Context, result: Result) -> None:
     log = os.path.join(ctx.args.out_dir, 'build.log')
-    status, output = run_logged([sys.executable, '-c', CUDA_PROBE], log, 300)
+    status, probe = run_logged([sys.executable, '-c', CUDA_PROBE], log, 300)
     if status == 0:
         result.lines.append('- replk_mm._ext is built and runs a CUDA forward on this GPU: not rebuilt')
         result.row('build', 'extension', '', 'rebuilt', 'no')
@@ -320,7 +325,7 @@ def step_build(ctx: Context, result: Result) -> None:
     start = time.perf_counter()
     status, output = run_logged(cmd, log, 1800, env)
     seconds = time.perf_counter() - start
-    result.lines.append(f'- not usable before ({last_lines(output, 1)[0].strip()}); built for sm_{major}{minor} '
+    result.lines.append(f'- not usable before ({last_lines(probe, 1)[0].strip()}); built for sm_{major}{minor} '
                         f'only with `TORCH_CUDA_ARCH_LIST={major}.{minor} FORCE_CUDA=1 python setup.py '
                         f'build_ext --inplace` in {seconds:.0f} s (log: build.log)')
     result.row('build', 'extension', '', 'rebuilt', 'yes')
@@ -383,10 +388,10 @@ def step_compute_sanitizer(ctx: Context, result: Result) -> None:
 
 def step_table1(ctx: Context, result: Result) -> None:
     s = ctx.sizes
-    result.lines += [f'{s.layers} stacked layers on ({s.table1_batch}, {s.channels}, R, R), fp32; ms (best of '
-                     f'{s.repeats}; * = fewer layers timed and scaled). "% roofline" is ours (faster '
-                     'layout) against the fp32 roofline; speed-ups are ours over PyTorch NCHW and over '
-                     "PyTorch's faster layout.", '']
+    result.lines += [f'{s.layers} stacked layers on ({s.table1_batch}, {s.channels}, R, R), fp32; ms, best of '
+                     f'{s.repeats} (the CSV\'s layers_timed says where fewer layers were timed and scaled). '
+                     '"% roofline" is ours (faster layout) against the fp32 roofline; speed-ups are ours over '
+                     "PyTorch NCHW and over PyTorch's faster layout.", '']
     for mode in MODES:
         cells = {(r, k): time_case(ctx, s.table1_batch, r, k, torch.float32, mode, s.layers, result, 'table1')
                  for r in s.resolutions for k in s.kernels}
@@ -521,9 +526,9 @@ class Step:
     on_emulation: bool = True  # False: skipped under --emulate
 
 
-STEPS = [
-    Step('environment', 'Environment', step_environment),
+STEPS = [  # the build first: the package (which loads replk_mm._ext) is imported after it
     Step('build', 'Build of the extension', step_build, on_emulation=False),
+    Step('environment', 'Environment', step_environment),
     Step('tests', 'Tests', step_tests),
     Step('compute_sanitizer', 'compute-sanitizer', step_compute_sanitizer, on_emulation=False),
     Step('table1', 'Seed Table 1', step_table1),
@@ -537,6 +542,7 @@ STEPS = [
 
 
 def write_report(ctx: Context, results: Dict[str, Tuple[Result, float]], started: float) -> None:
+    from replk_mm.deploy.atomic import write_text_atomic
     title = 'GPU acceptance run' + (' (emulation on the CPU, tiny sizes)' if ctx.args.emulate else '')
     total = time.perf_counter() - started
     lines = [f'# {title}', '', f'`python {" ".join(sys.argv)}`; {datetime.datetime.now():%Y-%m-%d %H:%M}; '
@@ -565,7 +571,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='run the pipeline on the CPU with tiny sizes and the emulated kernels')
     parser.add_argument('--steps', nargs='+', choices=[s.name for s in STEPS], metavar='NAME',
                         help=f'run only these steps (of {", ".join(s.name for s in STEPS)}); '
-                        'environment always runs')
+                        'build and environment always run')
     return parser.parse_args(argv)
 
 
@@ -585,7 +591,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     results: Dict[str, Tuple[Result, float]] = {}
     for step in STEPS:
-        if args.steps and step.name not in args.steps and step.name != 'environment':
+        if args.steps and step.name not in args.steps + ['build', 'environment']:
             continue
         result, start = Result(), time.perf_counter()
         if args.emulate and not step.on_emulation:
