@@ -20,7 +20,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -74,6 +74,16 @@ def backbone_kwargs(config_or_arch: str) -> dict:
     return kwargs
 
 
+def mmpretrain_kwargs(arch: Union[str, dict, None]) -> Optional[dict]:
+    """``arch`` (and ``ffn_ratio``) for mmpretrain's RepLKNet of the same architecture as ours, or
+    None when mmpretrain has no such preset."""
+    if isinstance(arch, dict):  # mmpretrain needs every key of its arch dicts
+        arch = dict(dict(small_kernel=None, dw_ratio=1), **arch)
+        ffn_ratio = arch.pop('ffn_ratio', 4)
+        return dict(arch=arch, ffn_ratio=ffn_ratio)
+    return dict(arch=arch) if arch in MMPRETRAIN_ARCHS else None
+
+
 def build(variant: str, kwargs: dict, device: torch.device) -> Optional[nn.Module]:
     """The variant's model, in eval mode, or None when it does not apply to this arch."""
     _, builder, deploy, _, channels_last, _ = VARIANTS[variant]
@@ -91,11 +101,11 @@ def build(variant: str, kwargs: dict, device: torch.device) -> Optional[nn.Modul
         if deploy:
             reparameterize_model(model.eval())
     else:
-        arch = kwargs.get('arch')
-        if not isinstance(arch, str) or arch not in MMPRETRAIN_ARCHS:
+        theirs = mmpretrain_kwargs(kwargs.get('arch'))
+        if theirs is None:
             return None
         from mmpretrain.models.backbones import RepLKNet as MMPretrainRepLKNet
-        model = MMPretrainRepLKNet(arch=arch, out_indices=(3, ), drop_path_rate=0.0)
+        model = MMPretrainRepLKNet(**theirs, out_indices=(3, ), drop_path_rate=0.0)
         model.eval()  # (mmpretrain's train() returns None)
         if deploy:
             model.switch_to_deploy()

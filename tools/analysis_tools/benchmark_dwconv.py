@@ -145,8 +145,8 @@ def pass_fns(impl: str, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> Di
                 forward_backward=forward_backward)
 
 
-def stack_fn(impl: str, x: torch.Tensor, weights: Sequence[torch.Tensor], mode: str) -> Callable:
-    conv = conv_fn(impl)
+def stack_fn(conv: Callable, x: torch.Tensor, weights: Sequence[torch.Tensor], mode: str) -> Callable:
+    """``len(weights)`` stacked layers of ``conv(x, w)``: forward, or forward + backward of the sum."""
 
     def run():
         with torch.set_grad_enabled(mode == 'forward_backward'):
@@ -157,6 +157,16 @@ def stack_fn(impl: str, x: torch.Tensor, weights: Sequence[torch.Tensor], mode: 
                 y.sum().backward()
 
     return run
+
+
+def stack_within_budget(conv: Callable, x: torch.Tensor, weights: Sequence[torch.Tensor], mode: str,
+                        budget: float, repeats: int, device: torch.device) -> Tuple[Callable, int]:
+    """The stack (:func:`stack_fn`) of as many of ``weights`` (at least one) as ``repeats`` runs
+    can time within ``budget`` seconds, judged by one run of one layer (which also warms up), and
+    its number of layers."""
+    one = timed(stack_fn(conv, x, weights[:1], mode), device)
+    n_layers = max(1, min(len(weights), int(budget / max(one, 1e-9) / repeats)))
+    return stack_fn(conv, x, weights[:n_layers], mode), n_layers
 
 
 def best_interleaved(rounds: Sequence[Dict], device: torch.device) -> Dict[str, Tuple[float, float, int]]:
@@ -210,12 +220,9 @@ def run_table1(args, device: torch.device, rates: Dict[str, float], impls: List[
         for mode in args.modes:
             fns, layers_timed = {}, {}
             for impl in impls:
-                x = to_layout(x0, impl)
                 ws = [w.requires_grad_(mode == 'forward_backward') for w in w0]
-                one = timed(stack_fn(impl, x, ws[:1], mode), device)  # warm-up + estimate
-                n_layers = max(1, min(LAYERS, int(args.cell_budget / max(one, 1e-9) / args.repeats)))
-                layers_timed[impl] = n_layers
-                fns[impl] = stack_fn(impl, x, ws[:n_layers], mode)
+                fns[impl], layers_timed[impl] = stack_within_budget(
+                    conv_fn(impl), to_layout(x0, impl), ws, mode, args.cell_budget, args.repeats, device)
             times = best_interleaved([fns] * args.repeats, device)
             flops = useful_flops(args.batch, CHANNELS, r, r, k) * (1 if mode == 'forward' else 3)
             nbytes = min_bytes(args.batch, CHANNELS, r, r, k, args.dtype.itemsize) * (1 if mode == 'forward' else 3)
