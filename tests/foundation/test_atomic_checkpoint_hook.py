@@ -84,6 +84,7 @@ def full(tmp_path_factory):
 
 def test_resumed_run_repeats_the_uninterrupted_one(tmp_path, full):
     choice = ('cpu', torch.float32, 31, True, False)
+    clear_dw_impl_cache()  # of earlier tests in this process
     set_dw_impl_choices({choice: 'torch_channels_last'})  # as if measured by the first part
     _runner(tmp_path / 'split', 4).train()
     clear_dw_impl_cache()
