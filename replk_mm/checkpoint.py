@@ -6,9 +6,14 @@ checkpoints contain can be rebuilt. A file that asks for anything else (a pickle
 code) is refused with :class:`UnsafeCheckpointError`. A trusted file may be loaded with full
 pickle by passing ``trust=True`` or by setting the environment variable
 ``REPLK_MM_TRUST_CHECKPOINTS=1`` (never the default).
+
+A file that is not a checkpoint, or one cut short (a copy or a write that was killed), is reported
+as :class:`CorruptCheckpointError` naming the file and what is wrong with it; every tool and
+MMEngine's loaders go through :func:`load_checkpoint_file`, so this is decided here only.
 """
 import os
 import pickle
+import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -50,6 +55,43 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint asked the unpickler for something outside the allow-list."""
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that cannot be read: empty, truncated, damaged or not a PyTorch file."""
+
+
+_ZIP_MAGIC = b'PK\x03\x04'
+_PICKLE_MAGIC = b'\x80'  # PyTorch's legacy (pre-1.6) format is a plain pickle stream
+
+
+def checkpoint_file_problem(path: str, verify_data: bool = False) -> Optional[str]:
+    """What is wrong with the checkpoint file ``path`` (None when nothing is found).
+
+    Reads the archive's directory at the end of the file (a truncated file has none); with
+    ``verify_data`` also every member's CRC (reads the whole file).
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        return 'empty (0 bytes)'
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if head.startswith(_PICKLE_MAGIC):
+        return None  # legacy format: only unpickling tells
+    if head != _ZIP_MAGIC:
+        return f'not a PyTorch file (it starts with {head!r}, not a zip archive or a pickle)'
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if not any(n.endswith('/data.pkl') or n == 'data.pkl' for n in names):
+                return 'a zip archive but not a PyTorch file (no data.pkl in it)'
+            damaged = archive.testzip() if verify_data else None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return (f'truncated ({size} bytes; the end of the archive is missing: a copy or write '
+                'that was cut short)')
+    if damaged:
+        return f'damaged (the CRC of its member {damaged} does not match)'
+    return None
+
+
 def _trusted(trust: Optional[bool]) -> bool:
     if trust is not None:
         return trust
@@ -59,6 +101,19 @@ def _trusted(trust: Optional[bool]) -> bool:
 def register_safe_globals() -> None:
     """Allow the metadata types of OpenMMLab checkpoints in every ``weights_only`` load."""
     torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+
+def _unreadable(err: BaseException, weights_only: bool) -> Optional[str]:
+    """Why ``torch.load`` could not read the file, if ``err`` says the bytes are bad; None for
+    the refusals of the ``weights_only`` unpickler and for unrelated errors."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, EOFError) or 'truncated' in text or 'PytorchStreamReader' in text:
+        return f'PyTorch cannot read it ({text})'
+    if isinstance(err, (OSError, zipfile.BadZipFile)):
+        return f'reading it failed ({text})'
+    if isinstance(err, pickle.UnpicklingError) and not weights_only:
+        return f'its pickle cannot be read ({text})'
+    return None
 
 
 def load_checkpoint_file(filename: Any,
@@ -74,16 +129,25 @@ def load_checkpoint_file(filename: Any,
 
     Raises:
         UnsafeCheckpointError: the file needs a type outside the allow-list.
+        CorruptCheckpointError: the file is empty, truncated, damaged or not a PyTorch file.
     """
     if isinstance(filename, (str, os.PathLike)):
         filename = os.path.expanduser(filename)
         if not os.path.isfile(filename):
             raise FileNotFoundError(f'checkpoint {filename} does not exist')
-    if _trusted(trust):
-        return torch.load(filename, map_location=map_location, weights_only=False)
+        problem = checkpoint_file_problem(filename)
+        if problem:
+            raise CorruptCheckpointError(f'checkpoint {filename} is {problem}')
+    weights_only = not _trusted(trust)
     try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
+        return torch.load(filename, map_location=map_location, weights_only=weights_only)
+    except (EOFError, RuntimeError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        unreadable = _unreadable(err, weights_only)
+        if unreadable:
+            raise CorruptCheckpointError(
+                f'checkpoint {filename} is damaged or truncated: {unreadable}') from None
+        if not (weights_only and isinstance(err, pickle.UnpicklingError)):
+            raise
         raise UnsafeCheckpointError(
             f'refused to load checkpoint {filename}: it contains objects outside the safe '
             f'allow-list, and unpickling them could run arbitrary code ({err}). If you trust '

@@ -20,6 +20,7 @@ import torch
 
 from replk_mm.checkpoint import extract_state_dict, load_checkpoint_file, load_state_dict_checked
 from replk_mm.deploy import reparameterize_model
+from replk_mm.engine.cli import run_tool
 from replk_mm.models import RepLKNet
 from replk_mm.models.backbones.replknet import REPLKNET_KEY_MAPPING, arch_from_state_dict
 from replk_mm.models.backbones.unireplknet import reparameterize_state_dict
@@ -115,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

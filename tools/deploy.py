@@ -53,7 +53,7 @@ def main() -> int:
             cfg_options=args.cfg_options)
     except (UnsafeCheckpointError, EquivalenceError, FileExistsError, FileNotFoundError,
             KeyError, ValueError) as err:
-        logger.error(f'deploy failed: {err}')
+        print(f'error: deploy failed: {err}', file=sys.stderr)
         return 1
     logger.info('deploy form written:\n' + result.summary())
     return 0

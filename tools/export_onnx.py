@@ -56,7 +56,7 @@ def main() -> int:
                              kind='backbone' if args.backbone else None)
     except (UnsafeCheckpointError, OnnxCheckError, FileExistsError, FileNotFoundError, KeyError,
             ValueError) as err:
-        logger.error(f'ONNX export failed: {err}')
+        print(f'error: ONNX export failed: {err}', file=sys.stderr)
         return 1
     ops = ', '.join(f'{op} x{n}' for op, n in sorted(result.node_counts.items()))
     logger.info(

@@ -10,7 +10,7 @@ import replk_mm  # noqa: F401  (first: safe checkpoint loading for everything be
 import torch
 from mmengine.config import DictAction
 from replk_mm.engine.cli import (ToolError, build_runner, check_data_paths, check_pretrained,
-                                 checked_state_dict, load_config, run_tool)
+                                 checked_state_dict, load_config, resolve_resume, run_tool)
 
 
 def parse_args() -> argparse.Namespace:
@@ -19,8 +19,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--work-dir', help='folder for logs and checkpoints '
                         '(default: work_dirs/<config name>)')
     parser.add_argument('--resume', nargs='?', const='auto', metavar='CKPT',
-                        help='resume from CKPT, or without CKPT from the latest checkpoint in '
-                        'the work dir')
+                        help='resume from CKPT, or without CKPT from the newest intact '
+                        'checkpoint in the work dir (damaged newer ones are set aside)')
     parser.add_argument('--amp', action='store_true', help='mixed-precision training (GPU)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, e.g. train_cfg.max_iters=1000')
@@ -38,10 +38,8 @@ def main() -> None:
             raise ToolError('--amp needs a GPU (MMEngine\'s AmpOptimWrapper); drop --amp on CPU')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume:
-        cfg.resume, cfg.load_from = True, args.resume
+    if args.resume:
+        resolve_resume(cfg, args.resume)
     check_data_paths(cfg, ('train', 'val'))
     if not cfg.resume:
         check_pretrained(cfg)

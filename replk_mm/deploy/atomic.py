@@ -1,12 +1,17 @@
-"""All-or-nothing file outputs: every file is written to a temporary name beside its target and
-renamed onto it (``os.replace``) only when all of them were written, so a failed or interrupted
-conversion never leaves a half-written output behind."""
+"""All-or-nothing file outputs: every file is written to a temporary name beside its target,
+flushed to the disk (``fsync``) and renamed onto it (``os.replace``) only when all of them were
+written, so a failed, interrupted or killed writer never leaves a half-written output behind (a
+killed one may leave its temporary files: :func:`leftover_temporaries` finds them)."""
 import contextlib
 import csv
 import io
 import os
+import re
 import tempfile
 from typing import Iterator, List, Sequence
+
+# mkstemp's names here: '.' + target stem + '.' + 8 random characters + '.tmp' + target extension
+_TEMPORARY = re.compile(r'\..+\.[a-z0-9_]{8}\.tmp(\.[^.]*)?')
 
 
 def check_outputs_free(paths: Sequence[str], force: bool) -> None:
@@ -23,6 +28,22 @@ def check_outputs_free(paths: Sequence[str], force: bool) -> None:
                                   'it, or choose another output directory')
 
 
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def leftover_temporaries(folder: str) -> List[str]:
+    """The temporary files of :func:`atomic_outputs` in ``folder`` (those of killed writers)."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                  if _TEMPORARY.fullmatch(name))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -32,7 +53,8 @@ def _umask() -> int:
 @contextlib.contextmanager
 def atomic_outputs(paths: Sequence[str], force: bool = False) -> Iterator[List[str]]:
     """Yield one temporary path per target (same directory, same extension); on a clean exit
-    rename each onto its target, on an exception delete them all and re-raise.
+    fsync each, rename it onto its target and fsync the folder, on an exception delete them all
+    and re-raise.
 
     Example::
 
@@ -52,9 +74,13 @@ def atomic_outputs(paths: Sequence[str], force: bool = False) -> Iterator[List[s
             temps.append(tmp)
         yield list(temps)
         mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; give the usual permissions
-        for tmp, path in zip(temps, paths):
+        for tmp in temps:
             os.chmod(tmp, mode)
+            _fsync(tmp)
+        for tmp, path in zip(temps, paths):
             os.replace(tmp, path)
+        for directory in {os.path.dirname(os.path.abspath(path)) for path in paths}:
+            _fsync(directory)  # the renames themselves
     finally:
         for tmp in temps:
             if os.path.exists(tmp):

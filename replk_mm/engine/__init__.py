@@ -1,5 +1,12 @@
-"""Training machinery: layer-wise lr decay, CPU distributed runs, the tools' shared front end."""
+"""Training machinery: layer-wise lr decay, CPU distributed runs, crash-safe checkpoints and exact
+resumption, the non-finite loss guard, the tools' shared front end."""
+from .checkpoint_hook import AtomicCheckpointHook, AtomicLocalBackend
 from .distributed import CPUDistributedDataParallel, setup_cpu_distributed
 from .layer_decay import LayerDecayOptimWrapperConstructor
+from .nonfinite_loss import NonFiniteLossError, NonFiniteLossHook
 
-__all__ = ['CPUDistributedDataParallel', 'LayerDecayOptimWrapperConstructor', 'setup_cpu_distributed']
+__all__ = [
+    'AtomicCheckpointHook', 'AtomicLocalBackend', 'CPUDistributedDataParallel',
+    'LayerDecayOptimWrapperConstructor', 'NonFiniteLossError', 'NonFiniteLossHook',
+    'setup_cpu_distributed'
+]

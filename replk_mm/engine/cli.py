@@ -4,20 +4,26 @@ one-line error naming the fix, and the guard that prints it.
 
 Set ``REPLK_MM_TRACEBACK=1`` to get the full traceback instead of the one line.
 """
+import logging
 import os
 import os.path as osp
+import re
 import sys
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from ..checkpoint import (UnsafeCheckpointError, extract_state_dict, load_checkpoint_file,
-                          load_state_dict_checked)
+from ..checkpoint import (CorruptCheckpointError, UnsafeCheckpointError, checkpoint_file_problem,
+                          extract_state_dict, load_checkpoint_file, load_state_dict_checked)
+from ..deploy.atomic import write_text_atomic
 from ..models.layers import use_package_batch_norm
+from .checkpoint_hook import POINTER
 from .distributed import setup_cpu_distributed
+from .nonfinite_loss import NonFiniteLossError
 
 DEMO_HINT = 'for the synthetic demo data run `python tools/misc/make_demo_data.py`'
 
@@ -26,8 +32,14 @@ class ToolError(Exception):
     """A mistake in the command line, config or files, reported by the tools in one line."""
 
 
+# what the tools report in one line: mistakes, unreadable or unsafe checkpoints (wherever they are
+# loaded: load_from, resume, init_cfg Pretrained), a diverged run
+ONE_LINE_ERRORS = (ToolError, CorruptCheckpointError, UnsafeCheckpointError, NonFiniteLossError)
+
+
 def run_tool(main: Callable[[], None]) -> None:
-    """Run ``main``; a :class:`ToolError` becomes ``error: ...`` on stderr and exit status 1.
+    """Run ``main``; a :data:`ONE_LINE_ERRORS` error becomes ``error: ...`` on stderr and exit
+    status 1.
 
     A distributed run's process group is destroyed on the way out, while the interpreter is still
     whole (a gloo group left to interpreter shutdown can abort a finished process), and after a
@@ -38,7 +50,7 @@ def run_tool(main: Callable[[], None]) -> None:
         main()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
-    except ToolError as err:
+    except ONE_LINE_ERRORS as err:
         if os.environ.get('REPLK_MM_TRACEBACK') == '1':
             raise
         print('error: ' + ' '.join(str(err).split()), file=sys.stderr)
@@ -148,7 +160,7 @@ def checked_state_dict(model: nn.Module, path: str) -> Dict[str, torch.Tensor]:
     same keys, same shapes. Returns the state dict."""
     try:
         state_dict = extract_state_dict(load_checkpoint_file(path))
-    except (FileNotFoundError, UnsafeCheckpointError, TypeError) as err:
+    except (FileNotFoundError, UnsafeCheckpointError, CorruptCheckpointError, TypeError) as err:
         raise ToolError(str(err)) from err
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
@@ -167,6 +179,83 @@ def checked_state_dict(model: nn.Module, path: str) -> Dict[str, torch.Tensor]:
                         f'({_few(shapes)}): it was trained with another arch or number of '
                         'classes; pass the config it was trained with')
     return state_dict
+
+
+_CHECKPOINT_NAME = re.compile(r'(?:iter|epoch)_(\d+)\.pth')
+
+
+def _checkpoints_newest_first(folder: str) -> List[str]:
+    """The ``iter_N.pth`` / ``epoch_N.pth`` files of ``folder``, highest N first."""
+    found = [(int(m.group(1)), name) for name in os.listdir(folder)
+             if (m := _CHECKPOINT_NAME.fullmatch(name))] if osp.isdir(folder) else []
+    return [osp.join(folder, name) for _, name in sorted(found, reverse=True)]
+
+
+def _set_aside(path: str) -> str:
+    """Rename a damaged checkpoint to ``<path>.corrupt[.N]`` (never over another file)."""
+    target, n = f'{path}.corrupt', 0
+    while osp.exists(target):
+        n += 1
+        target = f'{path}.corrupt.{n}'
+    os.replace(path, target)
+    return target
+
+
+def newest_intact_checkpoint(folder: str, set_aside: bool = False) -> Optional[str]:
+    """The newest checkpoint of ``folder`` whose every byte checks out (CRC); with ``set_aside``
+    newer damaged ones are renamed out of the way, one warning each (name, reason)."""
+    for path in _checkpoints_newest_first(folder):
+        try:
+            problem = checkpoint_file_problem(path, verify_data=True)
+        except FileNotFoundError:
+            continue  # set aside meanwhile by the main process
+        if problem is None:
+            return path
+        if set_aside:
+            print_log(f'checkpoint {path} is {problem}; it is kept aside as {_set_aside(path)} '
+                      'and training resumes from the newest intact one', logger='current',
+                      level=logging.WARNING)
+    return None
+
+
+def resolve_resume(cfg: Config, requested: str) -> None:
+    """Point ``cfg`` at the checkpoint ``--resume [CKPT]`` continues from.
+
+    ``auto``: the newest intact checkpoint of the work dir (newer damaged ones are set aside; none
+    at all: training starts afresh). A path: it must be intact, else a :class:`ToolError` naming
+    it and the newest intact one. Without ``randomness.seed`` the interrupted run's seed is taken,
+    so that data order and augmentation continue as they were.
+    """
+    main_process = int(os.environ.get('RANK', '0')) == 0  # the process group may not exist yet
+    if requested == 'auto':
+        pointer = osp.join(cfg.work_dir, POINTER)
+        folder = cfg.work_dir
+        if osp.isfile(pointer):
+            with open(pointer) as f:
+                folder = osp.dirname(f.read().strip()) or folder
+        path = newest_intact_checkpoint(folder, set_aside=main_process)
+        if path is None:
+            print_log(f'--resume: no intact checkpoint in {folder}; training starts afresh',
+                      logger='current', level=logging.WARNING)
+            cfg.resume, cfg.load_from = False, None
+            return
+        if main_process and osp.isfile(pointer):
+            write_text_atomic(pointer, path)
+    else:
+        path = requested
+        if not osp.isfile(path):
+            raise ToolError(f'--resume {path}: no such file')
+        problem = checkpoint_file_problem(path, verify_data=True)
+        if problem:
+            intact = newest_intact_checkpoint(osp.dirname(path) or '.')
+            raise ToolError(
+                f'cannot resume from checkpoint {path}: it is {problem}. The newest intact '
+                f'checkpoint there is {intact or "none"}' +
+                ('; pass it to --resume (or --resume alone picks it)' if intact else ''))
+    cfg.resume, cfg.load_from = True, path
+    randomness = cfg.setdefault('randomness', {})
+    if randomness.get('seed') is None:
+        randomness['seed'] = load_checkpoint_file(path).get('meta', {}).get('seed')
 
 
 def build_test_runner(cfg: Config, checkpoint: str) -> Runner:

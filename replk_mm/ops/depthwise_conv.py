@@ -121,6 +121,11 @@ def dw_impl_choices() -> Dict[ChoiceKey, str]:
     return dict(_choices)
 
 
+def set_dw_impl_choices(choices: Dict[ChoiceKey, str]) -> None:
+    """Adopt measured choices, e.g. those of the run a resumed run continues (same numerics)."""
+    _choices.update(choices)
+
+
 def clear_dw_impl_cache() -> None:
     """Forget the automatic choices (they are measured again on the next calls)."""
     _choices.clear()

@@ -1,14 +1,12 @@
 """tools/train.py, tools/test.py and tools/dist_train.sh on the demo data: a short training run
-evaluated by test.py, a killed run resumed to the same weights as an uninterrupted one, a
-two-process (gloo) run, and the one-line errors for the usual mistakes."""
+evaluated by test.py, a two-process (gloo) run, and the one-line errors for the usual mistakes.
+Kills, resumes and damaged checkpoints: test_crash_safety.py."""
 import os
 import os.path as osp
 import runpy
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -40,7 +38,8 @@ def data_root(tmp_path_factory) -> str:
 
 
 def seg_options(data_root: str, iters: int, interval: int) -> list:
-    """--cfg-options for a short deterministic run of the segmentation demo at 64x64."""
+    """--cfg-options for a short run of the segmentation demo at 64x64 (its drop path, dropout
+    and augmentation as configured)."""
     ade = osp.join(data_root, 'ade20k')
     return [
         f'train_dataloader.dataset.data_root={ade}', f'val_dataloader.dataset.data_root={ade}',
@@ -48,8 +47,7 @@ def seg_options(data_root: str, iters: int, interval: int) -> list:
         'model.data_preprocessor.size=(64,64)', f'train_cfg.max_iters={iters}',
         f'train_cfg.val_interval={iters}', f'default_hooks.checkpoint.interval={interval}',
         'default_hooks.checkpoint.max_keep_ckpts=10', 'default_hooks.logger.interval=1',
-        'model.backbone.drop_path_rate=0.0', 'model.decode_head.dropout_ratio=0.0',
-        'model.auxiliary_head.dropout_ratio=0.0', 'env_cfg.mp_cfg.opencv_num_threads=1',
+        'env_cfg.mp_cfg.opencv_num_threads=1',
     ]
 
 
@@ -91,32 +89,6 @@ def test_train_then_test_reports_miou(data_root, tmp_path, capsys):
     assert osp.getsize(out_pkl) > 0
     drawn = [f for _, _, files in os.walk(show) for f in files if f.endswith('.png')]
     assert len(drawn) == 4
-
-
-def test_resume_after_kill_ends_with_the_same_weights(data_root, tmp_path):
-    opts = seg_options(data_root, 12, 2) + ['randomness.seed=0', 'randomness.deterministic=True']
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    train = [PYTHON, osp.join(ROOT, 'tools', 'train.py'), SEG_DEMO, '--cfg-options', *opts]
-    full, killed = str(tmp_path / 'full'), str(tmp_path / 'killed')
-    subprocess.run(train + ['--work-dir', full], env=env, check=True, capture_output=True)
-
-    proc = subprocess.Popen(train + ['--work-dir', killed], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    marker = osp.join(killed, 'last_checkpoint')
-    while not osp.exists(marker) and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, 'the run finished before it could be killed'
-    assert not osp.exists(osp.join(killed, 'iter_12.pth'))
-
-    resumed = subprocess.run(train + ['--work-dir', killed, '--resume'], env=env,
-                             capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert 'resumed' in (resumed.stdout + resumed.stderr).lower()
-    a, b = weights(osp.join(full, 'iter_12.pth')), weights(osp.join(killed, 'iter_12.pth'))
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
 
 
 def free_port() -> int:
@@ -163,6 +135,28 @@ def test_slurm_scripts_hand_srun_the_tool_and_its_arguments(tmp_path):
         proc = subprocess.run(['bash', osp.join(ROOT, 'tools', script), 'part'], env=env,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and proc.stderr.startswith(f'usage: bash tools/{script} ')
+
+
+def test_dist_train_two_nodes_on_one_machine(data_root, tmp_path):
+    """tools/dist_train.sh as two nodes of one process each (the multi-node command of
+    docs/get_started.md): both finish, the first node's rank 0 writes the one set of checkpoints."""
+    work = str(tmp_path / 'nodes')
+    port = str(free_port())
+    procs = []
+    for node in (0, 1):
+        env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=PYTHON, PORT=port, NNODES='2',
+                   NODE_RANK=str(node), MASTER_ADDR='127.0.0.1')
+        procs.append(subprocess.Popen(
+            ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), SEG_DEMO, '1', '--work-dir', work,
+             '--cfg-options', *seg_options(data_root, 2, 1)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [proc.communicate(timeout=300)[0] for proc in procs]
+    for node, (proc, log) in enumerate(zip(procs, logs)):
+        assert proc.returncode == 0, f'node {node}:\n{log[-3000:]}'
+    assert 'Distributed training: True' in logs[0] and 'GPU number: 2' in logs[0]
+    assert sorted(f for f in os.listdir(work) if f.endswith('.pth')) == ['iter_1.pth', 'iter_2.pth']
+    with open(osp.join(work, 'last_checkpoint')) as f:
+        assert f.read() == osp.join(work, 'iter_2.pth')
 
 
 def last_line(err: str) -> str:

@@ -10,8 +10,9 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from torch.utils.data import Dataset
 
 import replk_mm  # noqa: F401
-from replk_mm.checkpoint import (TRUST_ENV, UnsafeCheckpointError, extract_state_dict,
-                                 load_checkpoint_file, load_state_dict_checked)
+from replk_mm.checkpoint import (TRUST_ENV, CorruptCheckpointError, UnsafeCheckpointError,
+                                 checkpoint_file_problem, extract_state_dict, load_checkpoint_file,
+                                 load_state_dict_checked)
 
 
 class _Regressor(BaseModel):
@@ -153,3 +154,31 @@ def test_getattr_is_restricted(tmp_path):
     torch.save({'meta': _GetattrGadget()}, path)
     with pytest.raises(UnsafeCheckpointError, match='__init__'):
         load_checkpoint_file(path)
+
+
+@pytest.mark.parametrize('damage, says', [
+    (lambda data: b'', 'empty'),
+    (lambda data: b'step,loss\n1,0.5\n', 'not a PyTorch file'),
+    (lambda data: data[:len(data) // 2], 'truncated'),
+    (lambda data: data[:-30], 'truncated'),
+    (lambda data: data[:4] + bytes(40), 'truncated'),
+])
+def test_damaged_file_is_named_with_what_is_wrong(tmp_path, damage, says):
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': {'w': torch.arange(1000.)}}, good)
+    bad = tmp_path / 'bad.pth'
+    bad.write_bytes(damage(good.read_bytes()))
+    for trust in (None, True):
+        with pytest.raises(CorruptCheckpointError, match=f'checkpoint {bad} is .*{says}'):
+            load_checkpoint_file(bad, trust=trust)
+    assert checkpoint_file_problem(str(good), verify_data=True) is None
+
+
+def test_flipped_bytes_are_found_by_the_crc_check(tmp_path):
+    path = tmp_path / 'flipped.pth'
+    torch.save({'w': torch.arange(1000.)}, path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the tensor's bytes: torch.load does not notice
+    path.write_bytes(bytes(data))
+    assert checkpoint_file_problem(str(path)) is None
+    assert 'CRC' in checkpoint_file_problem(str(path), verify_data=True)

@@ -41,6 +41,8 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=100),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'),
+    checkpoint=dict(type='replk_mm.AtomicCheckpointHook', interval=1, max_keep_ckpts=3,
+                    save_best='auto'),
+    nonfinite_loss=dict(type='replk_mm.NonFiniteLossHook'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False))

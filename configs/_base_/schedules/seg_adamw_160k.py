@@ -18,7 +18,8 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=16000, max_keep_ckpts=3,
-                    save_best='mIoU'),
+    checkpoint=dict(type='replk_mm.AtomicCheckpointHook', by_epoch=False, interval=16000,
+                    max_keep_ckpts=3, save_best='mIoU'),
+    nonfinite_loss=dict(type='replk_mm.NonFiniteLossHook'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
