@@ -13,7 +13,7 @@ backward when a gradient is needed) and caches the fastest. The output keeps the
 format; a network kept in channels_last pays no conversion on the channels_last path.
 
 Guard: before timing, each candidate's output (and gradients, for a random output gradient) on
-that same input is checked against F.conv2d in float64 on up to 16 of its channels
+that same input is checked against F.conv2d in float64 on up to 8 of its channels
 (:mod:`replk_mm.ops.dw_reference`); one beyond its dtype's tolerance is excluded for the key with
 one MMEngine warning naming it, the key and the error. In a distributed run the ranks that measure
 a key share their times and errors through the process group's store
