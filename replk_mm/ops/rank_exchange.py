@@ -37,7 +37,7 @@ def exchange(tag: str, payload: Any, timeout_s: float) -> Optional[List[Any]]:
     if world_size() == 1:
         return None
     store = dist.distributed_c10d._get_default_store()
-    keys = [f'{_PREFIX}{tag}/{rank}' for rank in range(dist.get_world_size())]
+    keys = [f'{_PREFIX}{tag}/{r}' for r in range(dist.get_world_size())]
     store.set(keys[dist.get_rank()], json.dumps(payload))
     try:
         store.wait(keys, datetime.timedelta(seconds=timeout_s))

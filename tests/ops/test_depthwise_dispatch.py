@@ -396,7 +396,32 @@ def test_a_cancelling_batch_sum_is_no_error():
     assert check.error(out, wrong) == ('grad bias', pytest.approx(1e-2, rel=1e-3))
 
 
-# Distributed: two gloo ranks on the CPU.
+# Distributed: the reduction of the ranks' reports, then two gloo ranks on the CPU.
+
+def test_ranks_reports_are_reduced_to_one_choice(monkeypatch, warnings_logged):
+    reports = [  # rank 1 has no extension; rank 2 saw it fail
+        {'times': {'torch': 3.0, 'torch_channels_last': 1.0, 'ext': 0.1},
+         'errors': {'torch': ['output', 0.0], 'torch_channels_last': ['output', 1e-6],
+                    'ext': ['output', 1e-6]}},
+        {'times': {'torch': 1.0, 'torch_channels_last': 7.0},
+         'errors': {'torch': ['output', 0.0], 'torch_channels_last': ['grad input', 2e-6]}},
+        {'times': {'torch': 2.0, 'torch_channels_last': 1.0, 'ext': 0.1},
+         'errors': {'torch': ['output', 0.0], 'torch_channels_last': ['output', 1e-6],
+                    'ext': ['grad weight', 0.5]}},
+    ]
+    monkeypatch.setattr(dw, 'exchange', lambda tag, payload, timeout: reports)
+    monkeypatch.setattr(dw, 'world_size', lambda: 3)
+    key = ('cpu', torch.float32, 7, True, False)
+    local = dw._Measurement(**reports[0])
+    measured, ranks = dw._agree(key, local, 'eager')
+    # only the candidates every rank has; times summed; each error the worst rank's
+    assert measured.times == {'torch': 6.0, 'torch_channels_last': 9.0}
+    assert measured.errors['torch_channels_last'] == ('grad input', 2e-6) and ranks == [0, 1]
+    reports[1]['times']['ext'] = 0.1
+    reports[1]['errors']['ext'] = ['output', 1e-6]
+    assert dw._choose(key, torch.zeros(1), local, 'eager') == 'torch'  # 6.0 vs 9.0, ext out
+    assert len(warnings_logged) == 1 and 'grad weight' in warnings_logged[0] and (
+        'on rank 2' in warnings_logged[0])
 
 def _rank_main(rank, init_file, out_dir):
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
