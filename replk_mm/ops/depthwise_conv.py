@@ -8,36 +8,56 @@ Candidates: ``torch`` (PyTorch in NCHW), ``torch_channels_last`` (PyTorch in NHW
 24x faster than NCHW at K=31 but slower at K=13; on CUDA cuDNN instead of a naive kernel) and
 ``ext`` (the package's compiled extension, ``replk_mm.ops.dwconv_ext``, when it is built and
 supports the input). Like ``cudnn.benchmark``, the first call for each (device type, dtype, K,
-gradient needed, input memory format) times every candidate on that call's input (forward, plus backward when a
-gradient is needed) and caches the fastest; under ``torch.compile`` a key without a measured choice
-takes the extension where it applies (nothing is timed inside a graph). The output keeps the input's memory format; a
-network kept in channels_last pays no conversion on the channels_last path.
+gradient needed, input memory format) times every candidate on that call's input (forward, plus
+backward when a gradient is needed) and caches the fastest. The output keeps the input's memory
+format; a network kept in channels_last pays no conversion on the channels_last path.
+
+Guard: before timing, each candidate's output (and gradients, for a random output gradient) on
+that same input is checked against F.conv2d in float64 on up to 8 of its channels
+(:mod:`replk_mm.ops.dw_reference`); one beyond its dtype's tolerance is excluded for the key with
+one MMEngine warning naming it, the key and the error. In a distributed run the ranks that measure
+a key share their times and errors through the process group's store
+(:mod:`replk_mm.ops.rank_exchange`; never a collective, so ranks taking different paths cannot
+deadlock: a rank whose peers do not post the key within 60 s keeps its own checked choice): a
+candidate failing on any rank is excluded on all of them, and all pick the candidate fastest in
+sum. Under ``torch.compile`` nothing is timed: a key an eager call measured keeps its choice,
+any other takes the extension where it applies unless it fails the same check, run once while
+the graph is traced on a small input of the key's kind. ``REPLK_MM_DW_CHECK=0`` turns the check off
+(for measuring the dispatch itself); implementations forced as below are never checked.
 
 Override: the environment variable ``REPLK_MM_DW_IMPL=auto|torch|torch_channels_last|ext`` or
 the context manager :func:`use_dw_impl` (which wins over the variable).
 """
+import collections
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
+from .dw_reference import Reference, reference_dtype, tolerance
 from .impl_override import ImplOverride
+from .rank_exchange import exchange, rank, world_size
 
 IMPL_ENV = 'REPLK_MM_DW_IMPL'
+CHECK_ENV = 'REPLK_MM_DW_CHECK'
 IMPLS = ('torch', 'torch_channels_last', 'ext')
 _OVERRIDE = ImplOverride(IMPL_ENV, IMPLS, 'depth-wise conv')
 _TIMED_REPS = 2
 _ELIMINATE = 4.0
+_EXCHANGE_TIMEOUT_S = 60.0
 
 ChoiceKey = Tuple[str, torch.dtype, int, bool, bool]
 _choices: Dict[ChoiceKey, str] = {}
+_compile_choices: Dict[ChoiceKey, str] = {}  # checked, untimed choices of compiled graphs
+_exchanges: Dict[Tuple[ChoiceKey, str], int] = collections.Counter()  # tags used per key
 
 
 def _check_inputs(x: torch.Tensor, weight: torch.Tensor,
@@ -129,6 +149,7 @@ def set_dw_impl_choices(choices: Dict[ChoiceKey, str]) -> None:
 def clear_dw_impl_cache() -> None:
     """Forget the automatic choices (they are measured again on the next calls)."""
     _choices.clear()
+    _compile_choices.clear()
 
 
 def _needs_grad(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
@@ -136,61 +157,170 @@ def _needs_grad(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         t is not None and t.requires_grad for t in (x, weight, bias))
 
 
-def _time_candidates(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                     needs_grad: bool, candidates: List[str]) -> Dict[str, float]:
-    """Seconds per call (forward, plus backward if ``needs_grad``) of each candidate on ``x``.
+class _Measurement(NamedTuple):
+    """Seconds per call and, when checked, (worst tensor, relative error) of each candidate."""
+    times: Dict[str, float]
+    errors: Dict[str, Tuple[str, float]]
+
+
+def _measure(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], needs_grad: bool,
+             candidates: List[str], check: bool, timed: bool = True) -> _Measurement:
+    """Run each candidate on ``x`` (forward, plus backward if ``needs_grad``); with ``check``,
+    compare its results with a :class:`~replk_mm.ops.dw_reference.Reference` on the same input;
+    with ``timed``, time it (a candidate beyond its dtype's tolerance is not timed again).
 
     Runs in a fresh thread so that the caller's autograd state (checkpointing hooks, tracing,
-    inference mode) neither sees nor disturbs the measurement.
+    inference mode, a compiler's fake tensors) neither sees nor disturbs the measurement.
     """
     times: Dict[str, float] = {}
-    errors: List[BaseException] = []
+    errors: Dict[str, Tuple[str, float]] = {}
+    failures: List[BaseException] = []
     inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
               for t in (x, weight, bias)]
-    grad_inputs = [t for t in inputs if t is not None and t.requires_grad]
+    grad_flags = [needs_grad and t is not None and t.requires_grad for t in inputs]
+    grad_inputs = [t for t, g in zip(inputs, grad_flags) if g]
+    limit = tolerance(x.dtype, x.device.type)
     num_threads = torch.get_num_threads()
 
     def sync() -> None:
         if x.device.type == 'cuda':
             torch.cuda.synchronize(x.device)
 
-    def once(fn: Callable) -> None:
-        if needs_grad:
-            out = fn(*inputs)
-            torch.autograd.grad(out, grad_inputs, torch.ones_like(out))
-        else:
-            with torch.no_grad():
-                fn(*inputs)
-
-    def timed(fn: Callable) -> float:
-        sync()
-        start = time.perf_counter()
-        once(fn)
-        sync()
-        return time.perf_counter() - start
-
     def measure() -> None:
         try:
             torch.set_num_threads(num_threads)  # OpenMP settings are per thread
             if x.device.type == 'cuda':
                 torch.cuda.set_device(x.device)
-            # One warm-up run each; a candidate over 4x the best warm-up is out (a clear loser
-            # need not be run again: at K=31 NCHW takes seconds), the rest are timed again.
-            warm = {name: timed(_IMPL_FNS[name]) for name in candidates}
+            generator = torch.Generator(x.device).manual_seed(0)
+            grad_out = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            reference = Reference(*inputs, grad_out, grad_flags) if check else None
+
+            def once(name: str, checked: bool) -> float:
+                sync()
+                start = time.perf_counter()
+                if needs_grad:
+                    out = _IMPL_FNS[name](*inputs)
+                    grads = torch.autograd.grad(out, grad_inputs, grad_out)
+                else:
+                    with torch.no_grad():
+                        out, grads = _IMPL_FNS[name](*inputs), ()
+                sync()
+                seconds = time.perf_counter() - start
+                if checked:
+                    errors[name] = reference.error(out, grads)
+                return seconds
+
+            # One warm-up (and checked) run each; a candidate over 4x the best warm-up is out (a
+            # clear loser need not be run again: at K=31 NCHW takes seconds), as is one beyond
+            # the tolerance; the rest are timed again.
+            warm = {name: once(name, check) for name in candidates}
+            del reference
             for name, first in warm.items():
-                if first > _ELIMINATE * min(warm.values()):
+                if not timed or first > _ELIMINATE * min(warm.values()) or (
+                        name in errors and errors[name][1] > limit):
                     times[name] = first
                 else:
-                    times[name] = min(timed(_IMPL_FNS[name]) for _ in range(_TIMED_REPS))
+                    times[name] = min(once(name, False) for _ in range(_TIMED_REPS))
         except BaseException as err:  # re-raised in the caller's thread
-            errors.append(err)
+            failures.append(err)
 
     worker = threading.Thread(target=measure, name='replk_mm-dw-benchmark')
     worker.start()
     worker.join()
-    if errors:
-        raise errors[0]
-    return times
+    if failures:
+        raise failures[0]
+    return _Measurement(times, errors)
+
+
+def _check_enabled() -> bool:
+    value = os.environ.get(CHECK_ENV, '1') or '1'
+    if value not in ('0', '1'):
+        raise ValueError(f'{CHECK_ENV}={value!r}: use 1 (check every candidate against the '
+                         'reference before timing it, the default) or 0 (do not check)')
+    return value == '1'
+
+
+def _describe(key: ChoiceKey) -> str:
+    return (f'{key[0]} {str(key[1])[6:]} K={key[2]} {"forward+backward" if key[3] else "forward"}'
+            f'{" channels_last" if key[4] else ""}')
+
+
+def _agree(key: ChoiceKey, measured: _Measurement, stage: str) -> Tuple[_Measurement, List[int]]:
+    """In a distributed run, the measurement of every rank that measured ``key`` too: per
+    candidate (those every rank has) the summed times and the worst error, with the ranks the
+    errors come from; this rank's own when not distributed or when a peer does not post in
+    time (see :mod:`replk_mm.ops.rank_exchange`)."""
+    _exchanges[key, stage] += 1
+    tag = f'dw-{stage}/{_describe(key).replace(" ", "/")}/{_exchanges[key, stage]}'
+    reports = exchange(tag, measured._asdict(), _EXCHANGE_TIMEOUT_S)
+    if reports is None:
+        if world_size() > 1:
+            print_log(f'depthwise_conv2d: not every rank measured {_describe(key)} within '
+                      f'{_EXCHANGE_TIMEOUT_S:.0f} s; this rank keeps its own checked choice',
+                      logger='current', level=logging.WARNING)
+        return measured, [rank()] * len(measured.times)
+    names = [n for n in measured.times if all(n in r['times'] for r in reports)]
+    times = {n: sum(r['times'][n] for r in reports) for n in names}
+    errors: Dict[str, Tuple[str, float]] = {}
+    ranks = []
+    for n in names:
+        worst = max(range(len(reports)), key=lambda r: reports[r]['errors'].get(n, ('', 0.0))[1])
+        ranks.append(worst)
+        if n in reports[worst]['errors']:
+            errors[n] = tuple(reports[worst]['errors'][n])
+    return _Measurement(times, errors), ranks
+
+
+def _choose(key: ChoiceKey, x: torch.Tensor, measured: _Measurement, stage: str) -> str:
+    """The fastest candidate within tolerance on every rank that measured ``key`` in ``stage``
+    (``'eager'`` or ``'compile'``); one warning per excluded candidate."""
+    limit = tolerance(x.dtype, x.device.type)
+    measured, ranks = _agree(key, measured, stage)
+    passed = {n: t for n, t in measured.times.items()
+              if n not in measured.errors or measured.errors[n][1] <= limit}
+    for name, source in zip(measured.times, ranks):
+        if name not in passed:
+            what, err = measured.errors[name]
+            where = f' on rank {source}' if world_size() > 1 else ''
+            print_log(
+                f'depthwise_conv2d: {name} is excluded for {_describe(key)}: its {what} differs '
+                f'from the {str(reference_dtype(x.device))[6:]} reference by {err:.3g} of the '
+                f'reference\'s largest magnitude{where} (tolerance {limit:g}); set {IMPL_ENV} to '
+                'force an implementation', logger='current', level=logging.WARNING)
+    if not passed:
+        print_log(f'depthwise_conv2d: no candidate passed the check for {_describe(key)}; '
+                  'using PyTorch NCHW (the reference\'s own definition)', logger='current',
+                  level=logging.WARNING)
+        return 'torch'
+    return min(passed, key=passed.get)
+
+
+@torch.compiler.assume_constant_result
+def _compile_time_choice(key: ChoiceKey, candidates: Tuple[str, ...]) -> str:
+    """The choice inside a compiled graph, where nothing is timed (this runs eagerly, once per key,
+    while the graph is traced): an eager call's measured choice if there was one, else the
+    extension where it takes the input, unless it fails the check on a small input of the key's
+    kind (2 x 12 channels x (K + 10) x (K + 7): partial tiles and channel groups)."""
+    if key in _choices:
+        return _choices[key]
+    if key not in _compile_choices:
+        preferred = [n for n in ('ext', 'torch', 'torch_channels_last') if n in candidates]
+        choice = preferred[0]
+        if _check_enabled():
+            device = torch.device(key[0], torch.cuda.current_device() if key[0] == 'cuda' else None)
+            generator = torch.Generator(device).manual_seed(0)
+            kernel = key[2]
+            x, weight, bias = (torch.randn(shape, generator=generator, device=device).to(key[1])
+                               for shape in ((2, 12, kernel + 10, kernel + 7),
+                                             (12, 1, kernel, kernel), (12, )))
+            if key[4]:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for t in (x, weight, bias):
+                t.requires_grad_(key[3])
+            measured = _measure(x, weight, bias, key[3], preferred, check=True, timed=False)
+            choice = _choose(key, x, measured, 'compile')
+        _compile_choices[key] = choice
+    return _compile_choices[key]
 
 
 def _select_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> str:
@@ -209,21 +339,16 @@ def _select_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     needs_grad = _needs_grad(x, weight, bias)
     key = (x.device.type, x.dtype, weight.shape[-1], needs_grad, _is_channels_last(x))
     candidates = available_dw_impls(x)
+    if torch.compiler.is_compiling():
+        return _compile_time_choice(key, tuple(candidates))
     choice = _choices.get(key)
-    if choice is None and torch.compiler.is_compiling():
-        # no timing inside a compiled graph: an eager call's measured choice if there was one,
-        # else the extension where it takes the input
-        return 'ext' if 'ext' in candidates else 'torch'
     if choice is None:
-        times = _time_candidates(x, weight, bias, needs_grad, candidates)
-        choice = min(times, key=times.get)
+        measured = _measure(x, weight, bias, needs_grad, candidates, check=_check_enabled())
+        choice = _choose(key, x, measured, 'eager')
         _choices[key] = choice
-        timings = ', '.join(f'{name} {1e3 * t:.2f} ms' for name, t in times.items())
-        print_log(
-            f'depthwise_conv2d: {choice} for {key[0]} {str(key[1])[6:]} K={key[2]} '
-            f'{"forward+backward" if needs_grad else "forward"} on {tuple(x.shape)}'
-            f'{" channels_last" if key[4] else ""} ({timings})',
-            logger='current', level=logging.INFO)
+        timings = ', '.join(f'{name} {1e3 * t:.2f} ms' for name, t in measured.times.items())
+        print_log(f'depthwise_conv2d: {choice} for {_describe(key)} on {tuple(x.shape)} '
+                  f'({timings})', logger='current', level=logging.INFO)
     return choice if choice in candidates else 'torch'
 
 
