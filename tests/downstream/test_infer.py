@@ -6,7 +6,6 @@ not the predictions' quality (``make demo`` runs the tool on trained models)."""
 import itertools
 import json
 import os.path as osp
-import runpy
 import sys
 from pathlib import Path
 from typing import Tuple
@@ -32,13 +31,8 @@ model = dict(backbone=dict(arch=dict(_delete_=True, large_kernel_sizes=(13, 11, 
 _RUNS = itertools.count()
 sys.path.insert(0, str(ROOT / 'tools' / 'misc'))
 from make_demo_data import make_demo_data  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def fixed_dw_impl(monkeypatch):
-    """No per-shape auto-tuning of the depth-wise op in these short runs."""
-    from replk_mm.ops import dwconv_ext
-    monkeypatch.setenv('REPLK_MM_DW_IMPL', 'ext' if dwconv_ext.extension_loaded() else 'torch')
+# This folder is on sys.path; the fixture fixes the depth-wise op (no auto-tuning in short runs).
+from test_downstream_tools import fixed_dw_impl, run_tool  # noqa: E402,F401
 
 
 @pytest.fixture(scope='module')
@@ -77,18 +71,8 @@ def tiny_checkpoints(task: str, tmp: Path) -> Tuple[str, str, str, str]:
 def infer(argv: list, capsys) -> Tuple[int, str, str]:
     """tools/infer.py in this process: (exit status, stdout, stderr). A fresh current logger
     writes to this test's captured stdout (an older one may hold a closed stream)."""
-    capsys.readouterr()
     MMLogger.get_instance(f'test_infer_{next(_RUNS)}')
-    old, sys.argv = sys.argv, ['infer.py'] + [str(a) for a in argv]
-    code = 0
-    try:
-        runpy.run_path(str(ROOT / 'tools' / 'infer.py'), run_name='__main__')
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_tool('infer', [str(a) for a in argv], capsys)
 
 
 def check_outputs(out_dir: Path, inputs: list, task: str) -> list:
