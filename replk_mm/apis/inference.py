@@ -221,7 +221,8 @@ class Inferencer:
         cfg_options: config overrides, as ``--cfg-options``.
 
     Raises:
-        ToolError: missing config, unknown task, a checkpoint that does not fit the config.
+        ToolError: missing config, unknown task, no such device, a checkpoint that does not fit
+            the config.
     """
 
     def __init__(self, config: str, checkpoint: str, device: Optional[str] = None,
@@ -234,6 +235,8 @@ class Inferencer:
         if cfg.get('custom_imports'):
             import_modules_from_strings(**cfg.custom_imports)
         device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+        if torch.device(device).type == 'cuda' and not torch.cuda.is_available():
+            raise ToolError(f'device {device}: PyTorch sees no CUDA device here; use cpu')
         self.task = _TASKS[scope]
         init_default_scope(scope)
         with warnings.catch_warnings():  # "randomly initialized": the weights come next

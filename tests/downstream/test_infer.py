@@ -161,6 +161,15 @@ def test_no_input_found(tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
 
 
+def test_cuda_without_gpu_is_one_error_line(demo_data, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip('a CUDA device is visible')
+    config = str(DEMO / 'upernet_replknet-demo_ade20k-demo.py')
+    code, _, err = infer([config, tmp_path / 'absent.pth', images(demo_data, 'seg')[0],
+                          '--device', 'cuda', '--out-dir', tmp_path / 'out'], capsys)
+    assert code == 1 and err == 'error: device cuda: PyTorch sees no CUDA device here; use cpu\n'
+
+
 def test_inference_model_api(demo_data, tmp_path):
     config, ckpt, _, _ = tiny_checkpoints('cls', tmp_path)
     inputs = images(demo_data, 'cls')
