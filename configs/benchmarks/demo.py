@@ -10,4 +10,8 @@ benchmarks = [
         name='fcos_replknet-demo',
         config='configs/demo/fcos_replknet-demo_coco-demo.py',
         checkpoint='work_dirs/demo_fcos/epoch_6.pth'),
+    dict(
+        name='cascade-mask-rcnn_replknet-demo',
+        config='configs/demo/cascade-mask-rcnn_replknet-demo_coco-demo.py',
+        checkpoint='work_dirs/demo_cascade/epoch_4.pth'),
 ]
