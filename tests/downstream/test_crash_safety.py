@@ -115,6 +115,8 @@ def test_truncated_newest_checkpoint(data_root, uninterrupted, tmp_path, capsys)
                    f'model.backbone.init_cfg.checkpoint={newest}']),
         ('deploy', [SEG_DEMO, newest, str(tmp_path / 'deploy')]),
         ('export_onnx', [SEG_DEMO, newest, str(tmp_path / 'model.onnx')]),
+        ('infer', [SEG_DEMO, newest, osp.join(data_root, 'ade20k', 'images', 'validation'),
+                   '--out-dir', str(tmp_path / 'vis')]),
     ]:
         code, _, err = run_tool(tool, argv, capsys)
         assert code == 1, (tool, argv, err[-2000:])

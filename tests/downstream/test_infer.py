@@ -126,7 +126,7 @@ def test_infer_training_and_deploy_checkpoints(task, demo_data, tmp_path, capsys
         code, _, err = infer([deploy_config, ckpt, inputs[0], '--out-dir', tmp_path / 'x'],
                              capsys)
         assert code == 1 and err.count('\n') == 1 and not (tmp_path / 'x').exists()
-        assert err.startswith('error: checkpoint ') and 'use the matching *_deploy.py' in err
+        assert err.startswith('error: checkpoint ') and 'pass the config it wrote next to it' in err
 
 
 def test_unreadable_input_among_good_ones(demo_data, tmp_path, capsys):
