@@ -116,10 +116,11 @@ class FusedConv2d(nn.Module):
                     x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
                     self.activation, [], algorithm)
             residual = residual.contiguous(memory_format=torch.channels_last)
-            return torch.ops.mkldnn._convolution_pointwise.binary(
+            # oneDNN fuses a ReLU after the add, not a GELU
+            y = torch.ops.mkldnn._convolution_pointwise.binary(
                 x, residual, weight, self.bias, self.padding, self.stride, self.dilation,
-                self.groups, 'add', None, None if self.activation == 'none' else self.activation,
-                [], algorithm or None)
+                self.groups, 'add', None, 'relu' if self.activation == 'relu' else None, [], None)
+            return F.gelu(y) if self.activation == 'gelu' else y
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                      self.groups)
         if residual is not None:
