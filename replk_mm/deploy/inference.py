@@ -9,7 +9,8 @@ re-parameterized branches) and keeps the checkpoints in that form:
 - the ReLU / GELU after a conv and the residual add after a block's last 1x1 conv run inside that
   conv (oneDNN post-ops), with the conv weights packed once for oneDNN;
 - activations stay channels_last from the first conv to the last, so the depth-wise kernels, the
-  LayerNorms and UniRepLKNet's channel-wise layers read them without layout conversions.
+  LayerNorms and UniRepLKNet's channel-wise layers read them without layout conversions (mmcv's
+  compiled ops, which may assume NCHW memory, get contiguous inputs).
 
 The fused layers run oneDNN on float32 CPU tensors without autograd; on other devices, under
 autograd, tracing, ``torch.compile`` and ONNX export they run the same folded convs through
@@ -252,6 +253,20 @@ def _mmcv_conv2d() -> type:
     return Conv2d
 
 
+def _contiguous_inputs(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _guard_mmcv_ops(model: nn.Module) -> None:
+    """Give mmcv's compiled ops (``mmcv.ops``: RoIAlign, ...) contiguous NCHW inputs: some read
+    the raw memory as NCHW and compute garbage from channels_last tensors (RoIAlign does)."""
+    for module in model.modules():
+        if (type(module).__module__.startswith('mmcv.ops.')
+                and not getattr(module, '_replk_contiguous_inputs', False)):
+            module.register_forward_pre_hook(_contiguous_inputs)
+            module._replk_contiguous_inputs = True
+
+
 def optimize_for_inference(model: nn.Module) -> nn.Module:
     """Rewrite ``model`` in place into its inference form (see the module doc); returns it.
 
@@ -264,4 +279,5 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     reparameterize_model(model.eval())
     with torch.no_grad():
         _convert(model, _converters())
+    _guard_mmcv_ops(model)
     return model.eval()

@@ -89,6 +89,19 @@ def test_whole_segmentor(tmp_path: Path) -> None:
                    for m in module.model.decode_head.modules())
 
 
+def test_mmcv_ops_get_contiguous_inputs() -> None:
+    """mmcv's RoIAlign reads channels_last memory as NCHW: the inference form guards it."""
+    from mmcv.ops import RoIAlign, roi_align
+    model = optimize_for_inference(nn.ModuleDict(dict(roi=RoIAlign((3, 3), 1.0, 2))))
+    x = torch.randn(1, 8, 16, 16)
+    rois = torch.tensor([[0, 1., 2., 10., 12.], [0, 3., 3., 7., 9.]])
+    reference = roi_align(x, rois, (3, 3), 1.0, 2)
+    out = model['roi'](x.contiguous(memory_format=torch.channels_last), rois)
+    assert torch.equal(out, reference)
+    optimize_for_inference(model)
+    assert len(model['roi']._forward_pre_hooks) == 1
+
+
 def test_fused_conv_paths() -> None:
     """oneDNN (packed weight, channels_last out) and F.conv2d (autograd) agree; the packed weight
     follows an in-place weight change; a BN folds only into the input side of a 1x1 conv."""
