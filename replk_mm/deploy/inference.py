@@ -29,6 +29,7 @@ from ..models.layers.batch_norm import UNFUSED_ACTIVATIONS, activation_name
 from ..models.layers.reparam import fuse_bn_conv, fuse_conv_bn
 from ..ops import DepthwiseConv2d
 
+
 def _onednn_applies(x: torch.Tensor) -> bool:
     """Whether the oneDNN path runs ``x``: a plain float32 CPU tensor (no subclass such as the
     fake tensors of tracing), no autograd, no graph capture."""
@@ -203,16 +204,18 @@ def _conv_bn(module: ConvBN) -> Optional[nn.Module]:
     return FusedConv2d.from_conv(module.conv, None, module.bn, act)
 
 
+def _zero_padded(conv: nn.Conv2d) -> bool:
+    return conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
+
+
 def _plain_conv(conv: nn.Conv2d) -> Optional[nn.Module]:
-    if conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
-        return None
-    return FusedConv2d.from_conv(conv)
+    return FusedConv2d.from_conv(conv) if _zero_padded(conv) else None
 
 
 def _conv_module(module: nn.Module) -> Optional[nn.Module]:
     """mmcv's ``ConvModule`` in the order conv -> norm -> act with a batch norm or none."""
     if (tuple(module.order) != ('conv', 'norm', 'act') or module.with_explicit_padding
-            or not isinstance(module.conv, nn.Conv2d) or _plain_conv(module.conv) is None):
+            or not isinstance(module.conv, nn.Conv2d) or not _zero_padded(module.conv)):
         return None
     norm = module.norm if module.with_norm else None
     if norm is not None and not _batch_norms(norm):
@@ -223,34 +226,31 @@ def _conv_module(module: nn.Module) -> Optional[nn.Module]:
     return FusedConv2d.from_conv(module.conv, None, norm, act)
 
 
-def _converters() -> List[Tuple[type, Callable[[nn.Module], Optional[nn.Module]]]]:
+Converter = Tuple[Callable[[nn.Module], bool], Callable[[nn.Module], Optional[nn.Module]]]
+
+
+def _converters() -> List[Converter]:
+    """``(matches, convert)`` pairs, the first match wins; ``convert`` returns None to keep the
+    module (then its children are visited)."""
     from mmcv.cnn import ConvModule
-    return [(RepLKBlock, _replk_block), (ConvFFN, _conv_ffn),
-            (UniRepLKNetBlock, _unireplknet_block), (ConvBN, _conv_bn),
-            (ConvModule, _conv_module), (nn.Conv2d, _plain_conv)]
+    from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
+    plain_convs = (nn.Conv2d, MMCVConv2d)  # exact types: a subclass may pad or compute otherwise
+    return [(lambda m: isinstance(m, RepLKBlock), _replk_block),
+            (lambda m: isinstance(m, ConvFFN), _conv_ffn),
+            (lambda m: isinstance(m, UniRepLKNetBlock), _unireplknet_block),
+            (lambda m: isinstance(m, ConvBN), _conv_bn),
+            (lambda m: isinstance(m, ConvModule), _conv_module),
+            (lambda m: type(m) in plain_convs, _plain_conv)]
 
 
-def _convert(module: nn.Module, converters: list) -> int:
-    """Replace the convertible children of ``module`` (depth first); returns how many."""
-    count = 0
+def _convert(module: nn.Module, converters: List[Converter]) -> None:
+    """Replace the convertible children of ``module`` in place, then visit the children."""
     for name, child in list(module.named_children()):
-        for cls, convert in converters:
-            # exact types for nn.Conv2d (mmcv's Conv2d wrapper included), subclasses elsewhere
-            matches = (type(child) in (nn.Conv2d, _mmcv_conv2d()) if cls is nn.Conv2d
-                       else isinstance(child, cls))
-            replacement = convert(child) if matches else None
-            if replacement is not None:
-                setattr(module, name, replacement)
-                child = replacement
-                count += 1
-                break
-        count += _convert(child, converters)
-    return count
-
-
-def _mmcv_conv2d() -> type:
-    from mmcv.cnn.bricks.wrappers import Conv2d
-    return Conv2d
+        matched = next((convert for matches, convert in converters if matches(child)), None)
+        replacement = matched(child) if matched is not None else None
+        if replacement is not None:
+            setattr(module, name, replacement)
+        _convert(replacement or child, converters)
 
 
 def _contiguous_inputs(module: nn.Module, args: tuple) -> tuple:
