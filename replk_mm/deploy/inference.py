@@ -60,7 +60,8 @@ class FusedConv2d(nn.Module):
                  activation: str = 'none') -> None:
         super().__init__()
         if activation not in UNFUSED_ACTIVATIONS:
-            raise ValueError(f'activation must be one of {sorted(UNFUSED_ACTIVATIONS)}, got {activation!r}')
+            raise ValueError(f'activation must be one of {sorted(UNFUSED_ACTIVATIONS)}, '
+                             f'got {activation!r}')
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
@@ -95,6 +96,11 @@ class FusedConv2d(nn.Module):
         bias = linear.bias if linear.bias is not None else linear.weight.new_zeros(
             linear.out_features)
         return cls(linear.weight[:, :, None, None], bias, (1, 1), (0, 0), (1, 1), 1, activation)
+
+    def __getstate__(self) -> dict:
+        # the packed weight is an opaque oneDNN tensor (no storage): never copied or pickled,
+        # packed again on the next call
+        return dict(self.__dict__, _packed=None)
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The weight in oneDNN's blocked layout, packed on the first call (and again after the

@@ -104,7 +104,8 @@ def test_mmcv_ops_get_contiguous_inputs() -> None:
 
 def test_fused_conv_paths() -> None:
     """oneDNN (packed weight, channels_last out) and F.conv2d (autograd) agree; the packed weight
-    follows an in-place weight change; a BN folds only into the input side of a 1x1 conv."""
+    follows an in-place weight change and is not deep-copied; a BN folds only into the input side
+    of a 1x1 conv."""
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 16, 3, stride=2, padding=1)
     bn = nn.BatchNorm2d(16).eval()
@@ -122,6 +123,7 @@ def test_fused_conv_paths() -> None:
     assert slow.requires_grad
     assert relative_error([reference], [fast]) <= TOLERANCE
     assert relative_error([reference], [slow.detach()]) > 0.1  # the weight was doubled since
+    assert torch.equal(copy.deepcopy(fused)(x.detach()), doubled)  # the packed copy is not copied
     doubled_reference = nn.functional.gelu(
         nn.functional.conv2d(x.detach(), fused.weight, fused.bias, 2, 1))
     assert relative_error([doubled_reference], [doubled]) <= TOLERANCE
