@@ -15,7 +15,7 @@ from replk_mm.models import RepLKNet, UniRepLKNet
 from replk_mm.models.backbones.replknet import ARCH_SETTINGS
 from replk_mm.models.backbones.unireplknet import ARCH_SETTINGS as UNI_ARCH_SETTINGS
 from replk_mm.models.backbones.unireplknet import resolve_arch
-from replk_mm.models.layers import fuse_bn_conv
+from replk_mm.models.layers import GRN, fuse_bn_conv
 
 from .conftest import ROOT, randomize_norms
 
@@ -129,3 +129,15 @@ def test_fused_conv_paths() -> None:
     assert relative_error([doubled_reference], [doubled]) <= TOLERANCE
     with pytest.raises(ValueError, match='1x1 conv'):
         fuse_bn_conv(nn.BatchNorm2d(8).eval(), conv.weight, conv.bias)
+
+
+def test_grn_inference_norm_equals_the_autograd_one() -> None:
+    """GRN's faster norm without autograd (square-sum-sqrt) computes vector_norm's value."""
+    grn = GRN(32)
+    with torch.no_grad():
+        grn.gamma.normal_()
+    x = torch.randn(2, 9, 7, 32)
+    with torch.no_grad():
+        fast = grn(x)
+    slow = grn(x.requires_grad_())
+    assert relative_error([slow.detach()], [fast]) <= 1e-6
