@@ -1,13 +1,15 @@
-"""Export a backbone or an mmpretrain classifier to ONNX in deploy form (opset >= 17, dynamic
-batch), verified against PyTorch with onnxruntime before success is reported. See docs/onnx.md.
+"""Export a backbone, an mmpretrain classifier, an mmseg segmentor or an mmdet detector to ONNX in
+inference form (opset >= 17, dynamic batch), verified against PyTorch with onnxruntime before the
+file is written. See docs/onnx.md.
 
 Usage::
 
     python tools/export_onnx.py CONFIG CHECKPOINT OUT.onnx [--shape H W] [--opset 18]
         [--force] [--trust-checkpoint] [--tolerance 1e-4] [--cfg-options k=v ...]
 
-CONFIG is a classifier config, or any config whose ``model`` is a backbone; with ``--backbone``
-only ``model.backbone`` of a classifier / segmentor / detector config is exported. CHECKPOINT may
+CONFIG is a classifier, segmentor or detector config, or any config whose ``model`` is a backbone;
+with ``--backbone`` only ``model.backbone`` is exported. A segmentor's graph outputs the logits at
+the input size, a detector's the raw dense-head outputs before NMS (docs/onnx.md). CHECKPOINT may
 be in training or deploy form (with the matching config); ``none`` exports the initial weights.
 """
 import argparse
@@ -63,7 +65,11 @@ def main() -> int:
         f'wrote {result.path}: {result.kind}, opset {result.opset}, input (batch, 3, '
         f'{args.shape[0]}, {args.shape[1]}) with dynamic batch, outputs {result.output_names}\n'
         f'onnxruntime vs PyTorch (batches 1 and 3): max relative error {result.error:.3e} <= '
-        f'{args.tolerance:.0e}\ngraph: {ops}')
+        f'{args.tolerance:.0e}\n' +
+        ('OpenVINO not installed: not checked (pip install -e .[deploy])\n'
+         if result.openvino_error is None else
+         f'OpenVINO vs PyTorch (batch 1): max relative error {result.openvino_error:.3e}\n') +
+        f'graph: {ops}')
     return 0
 
 

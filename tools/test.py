@@ -1,7 +1,8 @@
 """Evaluate a checkpoint with the task's evaluator: mIoU (mmseg), box / mask mAP (mmdet), top-1
 (mmpretrain); the config's ``default_scope`` decides. Prints the metrics on the last line.
 
-    python tools/test.py CONFIG CHECKPOINT [--out results.pkl] [--show-dir DIR] [--cfg-options ...]
+    python tools/test.py CONFIG CHECKPOINT [--optimize] [--out results.pkl] [--show-dir DIR]
+        [--cfg-options ...]
     bash tools/dist_test.sh CONFIG CHECKPOINT GPUS
 """
 import argparse
@@ -10,6 +11,7 @@ import os.path as osp
 import replk_mm  # noqa: F401  (first: safe checkpoint loading for everything below)
 from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
+from replk_mm.deploy import optimize_for_inference
 from replk_mm.engine.cli import (ToolError, build_test_runner, format_metrics, load_config,
                                  run_tool)
 
@@ -20,6 +22,9 @@ def parse_args() -> argparse.Namespace:
                         'tools/deploy.py: the *_deploy.py it wrote next to it)')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='folder for the logs (default: work_dirs/<config>)')
+    parser.add_argument('--optimize', action='store_true',
+                        help='evaluate the inference form (replk_mm.deploy.optimize_for_inference: '
+                        'BNs folded, fused oneDNN convs; faster on CPUs, same results)')
     parser.add_argument('--out', help='dump the predictions to this pickle file')
     parser.add_argument('--show-dir', help='save images with the predictions drawn to this folder')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
@@ -62,7 +67,10 @@ def main() -> None:
         enable_visualization(cfg, args.show_dir)
     if args.out:
         add_dump(cfg, args.out)
-    metrics = build_test_runner(cfg, args.checkpoint).test()
+    runner = build_test_runner(cfg, args.checkpoint)
+    if args.optimize:
+        optimize_for_inference(getattr(runner.model, 'module', runner.model))
+    metrics = runner.test()
     if is_main_process():
         print(format_metrics(metrics))
 

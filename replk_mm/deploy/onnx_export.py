@@ -1,9 +1,20 @@
-"""ONNX export of a backbone or a classifier in deploy form, verified with onnxruntime.
+"""ONNX export of a backbone, classifier, segmentor or detector in inference form, verified with
+onnxruntime.
 
-The model is re-parameterized, exported with PyTorch's ONNX exporter (opset >= 17, dynamic batch)
-while the depth-wise dispatcher is forced to its PyTorch path (so each large kernel is a standard
-``Conv`` with ``group = C``), then run by onnxruntime on batches of a size other than the traced
-one and compared with PyTorch. Only a file that passed is moved onto the output path.
+The model is re-parameterized and rewritten by :func:`~replk_mm.deploy.optimize_for_inference`
+(batch norms folded into the convs), exported with PyTorch's ONNX exporter (opset >= 17, dynamic
+batch) while the depth-wise dispatcher is forced to its PyTorch path (so each large kernel is a
+standard ``Conv`` with ``group = C``), then run by onnxruntime on batches of a size other than the
+traced one and compared with PyTorch. Only a file that passed is moved onto the output path.
+
+What the graph computes (:class:`InferenceModule`): a backbone's features ``feat{i}``; a
+classifier's ``logits`` ``(N, num_classes)``; a segmentor's decode-head ``logits`` resized to the
+input size ``(N, num_classes, H, W)`` (bilinear, the head's ``align_corners``: the
+``seg_logits`` before the arg-max); a detector's raw dense-head outputs before any decoding or
+NMS, ``out{i}_level{j}`` for the head's ``i``-th output at FPN level ``j`` (the bbox head of a
+one-stage detector, e.g. FCOS: ``out0`` class scores, ``out1`` box distances, ``out2``
+centerness; the RPN head of a two-stage one: ``out0`` objectness, ``out1`` box deltas, whose RoI
+stage needs the proposals after NMS and stays in PyTorch).
 """
 import warnings
 from dataclasses import dataclass
@@ -13,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..models.layers.reparam import reparameterize_model
 from ..ops import use_dw_impl
 from .atomic import atomic_outputs
-from .equivalence import example_input, model_kind, relative_error
+from .equivalence import KINDS, example_input, model_kind, relative_error
+from .inference import optimize_for_inference
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 18
@@ -38,29 +49,50 @@ class OnnxResult:
     output_names: List[str]
     error: float
     node_counts: dict
+    openvino_error: Optional[float] = None
 
 
-class _Exportable(nn.Module):
-    """The tensor-in, tensors-out function to export: a backbone's feature tuple or a classifier's
-    logits ``(N, num_classes)``."""
+class InferenceModule(nn.Module):
+    """The tensor-in, tensors-out function that is exported (and timed against the ONNX runtimes
+    by ``tools/analysis_tools/benchmark_backbone.py``): ``(N, 3, H, W)`` -> the outputs of
+    ``kind`` listed in the module doc, as a tuple of tensors.
+
+    Args:
+        model: a backbone, mmpretrain classifier, mmseg segmentor or mmdet detector (eval mode).
+        kind: one of ``'backbone'``, ``'classifier'``, ``'segmentor'``, ``'detector'``.
+    """
 
     def __init__(self, model: nn.Module, kind: str) -> None:
         super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
         self.model = model
         self.kind = kind
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if self.kind == 'classifier':
-            return self.model(x, mode='tensor')
+            return (self.model(x, mode='tensor'), )
+        if self.kind == 'segmentor':
+            from mmseg.models.utils import resize
+            head = self.model.decode_head
+            logits = head(self.model.extract_feat(x))
+            return (resize(logits, size=x.shape[2:], mode='bilinear',
+                           align_corners=head.align_corners), )
+        if self.kind == 'detector':
+            head = getattr(self.model, 'rpn_head', None) or self.model.bbox_head
+            return tuple(t for outputs in head(self.model.extract_feat(x)) for t in outputs)
         return tuple(self.model(x))
 
-
-def _output_names(module: nn.Module, x: torch.Tensor, kind: str) -> List[str]:
-    with torch.no_grad():
-        out = module(x)
-    if kind == 'classifier':
-        return ['logits']
-    return [f'feat{i}' for i in range(len(out))]
+    def output_names(self, x: torch.Tensor) -> List[str]:
+        """The graph's output names for input ``x``."""
+        if self.kind in ('classifier', 'segmentor'):
+            return ['logits']
+        if self.kind == 'backbone':
+            return [f'feat{i}' for i in range(len(self(x)))]
+        head = getattr(self.model, 'rpn_head', None) or self.model.bbox_head
+        with torch.no_grad():
+            outputs = head(self.model.extract_feat(x))
+        return [f'out{i}_level{j}' for i, levels in enumerate(outputs) for j in range(len(levels))]
 
 
 def _graph_summary(path: str) -> Tuple[int, dict]:
@@ -88,12 +120,48 @@ def _ort_error(path: str, module: nn.Module, shape: Sequence[int]) -> float:
     for i, batch in enumerate(_CHECK_BATCHES):
         x = example_input((batch, *shape[1:]), seed=100 + i)
         with torch.no_grad():
-            reference = module(x)
-        reference = [reference] if isinstance(reference, torch.Tensor) else list(reference)
+            reference = list(module(x))
         outputs = session.run(None, {input_name: x.numpy()})
         worst = max(worst, relative_error(reference, [torch.from_numpy(np.asarray(o))
                                                       for o in outputs]))
     return worst
+
+
+def openvino_runtime():
+    """The ``openvino`` module, or None when it is not installed (``pip install -e .[deploy]``)."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino
+
+
+def compile_openvino(path: str, shape: Sequence[int], threads: Optional[int] = None):
+    """The ONNX file compiled by OpenVINO for its CPU at a static input ``shape``, float32
+    (``INFERENCE_PRECISION_HINT``; the default may be bf16), latency hint; ``threads`` sets
+    ``INFERENCE_NUM_THREADS``. Call the result with a NumPy batch."""
+    ov = openvino_runtime()
+    core = ov.Core()
+    graph = core.read_model(path)
+    graph.reshape({graph.inputs[0].any_name: list(shape)})
+    config = {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'f32'}
+    if threads:
+        config['INFERENCE_NUM_THREADS'] = threads
+    return core.compile_model(graph, 'CPU', config)
+
+
+def _openvino_error(path: str, module: nn.Module, shape: Sequence[int]) -> Optional[float]:
+    """What :func:`_ort_error` measures, with OpenVINO at batch ``_CHECK_BATCHES[0]``; None when
+    OpenVINO is not installed."""
+    if openvino_runtime() is None:
+        return None
+    x = example_input((_CHECK_BATCHES[0], *shape[1:]), seed=100)
+    compiled = compile_openvino(path, x.shape)
+    outputs = compiled(x.numpy())
+    with torch.no_grad():
+        reference = list(module(x))
+    return relative_error(reference, [torch.from_numpy(np.asarray(outputs[o]))
+                                      for o in compiled.outputs])
 
 
 def _export(module: nn.Module, x: torch.Tensor, path: str, names: List[str], opset: int) -> None:
@@ -119,40 +187,42 @@ def export_onnx(model: nn.Module,
                 tolerance: float = 1e-4,
                 force: bool = False,
                 kind: Optional[str] = None) -> OnnxResult:
-    """Export ``model`` (a backbone or an mmpretrain classifier; re-parameterized here, in place)
-    to ``out_file`` and verify it with onnxruntime.
+    """Export ``model`` (rewritten here, in place, into its inference form) to ``out_file`` and
+    verify it with onnxruntime.
 
     Args:
-        model: the model, training or deploy form.
+        model: a backbone, mmpretrain classifier, mmseg segmentor or mmdet detector, training,
+            deploy or inference form.
         out_file: the ``.onnx`` path (written only after the check passed).
         input_shape: ``(N, C, H, W)``; N is dynamic in the graph, H and W are fixed.
         opset: ONNX opset, >= 17.
         tolerance: the largest accepted ``max|a-b|/max|a|`` between onnxruntime and PyTorch.
         force: overwrite an existing ``out_file``.
-        kind: ``'backbone'`` or ``'classifier'`` (detected when None).
+        kind: ``'backbone'``, ``'classifier'``, ``'segmentor'`` or ``'detector'`` (detected when
+            None).
 
     Raises:
-        ValueError: a segmentor / detector, or an opset below 17.
+        ValueError: an unknown kind or an opset below 17.
         OnnxCheckError: non-standard operators or an error above ``tolerance``.
     """
     kind = kind or model_kind(model)
-    if kind not in ('backbone', 'classifier'):
-        raise ValueError(f'ONNX export supports backbones and classifiers, got a {kind}; export its '
-                         'backbone, or use MMDeploy for the full segmentor / detector')
     if opset < MIN_OPSET:
         raise ValueError(f'opset {opset} is too old: use {MIN_OPSET} or newer')
-    module = _Exportable(reparameterize_model(model.eval()), kind).eval()
+    module = InferenceModule(optimize_for_inference(model), kind).eval()
     shape = tuple(input_shape)
     x = example_input((_TRACE_BATCH, *shape[1:]))
-    names = _output_names(module, x, kind)
+    names = module.output_names(x)
     with atomic_outputs([out_file], force=force) as (tmp,), use_dw_impl('torch'):
         _export(module, x, tmp, names, opset)
         written_opset, counts = _graph_summary(tmp)
         if written_opset < MIN_OPSET:
             raise OnnxCheckError(f'the exporter wrote opset {written_opset} < {MIN_OPSET}')
         error = _ort_error(tmp, module, shape)
-        if not error <= tolerance:
-            raise OnnxCheckError(f'onnxruntime differs from PyTorch: relative error {error:.3e} > '
-                                 f'{tolerance:.1e}; nothing was written')
+        ov_error = _openvino_error(tmp, module, shape)
+        for runtime, err in (('onnxruntime', error), ('OpenVINO', ov_error)):
+            if err is not None and not err <= tolerance:
+                raise OnnxCheckError(f'{runtime} differs from PyTorch: relative error {err:.3e} '
+                                     f'> {tolerance:.1e}; nothing was written')
     return OnnxResult(path=out_file, kind=kind, opset=written_opset, input_shape=shape,
-                      output_names=names, error=error, node_counts=counts)
+                      output_names=names, error=error, node_counts=counts,
+                      openvino_error=ov_error)

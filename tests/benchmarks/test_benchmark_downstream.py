@@ -62,7 +62,8 @@ def demo_run(tmp_path_factory):
     entries = tool.load_entries(DEMO_LIST)
     for entry in entries:
         save_init_checkpoint(osp.join(ROOT, entry['config']), osp.join(work, entry['checkpoint']))
-    cmd = [sys.executable, TOOL, DEMO_LIST, '--out-dir', 'out', '--warmup', '0', '--iters', '1']
+    cmd = [sys.executable, TOOL, DEMO_LIST, '--out-dir', 'out', '--warmup', '0', '--iters', '1',
+           '--optimize']
     proc = run(cmd, work)
     return dict(work=work, entries=entries, proc=proc, cmd=cmd, out=osp.join(work, 'out'))
 
@@ -79,15 +80,19 @@ def test_demo_list_writes_table_csv_plot(demo_run):
     rows = read_csv(osp.join(out, 'benchmark.csv'))
     names = [e['name'] for e in demo_run['entries']]
     assert [(r['name'], r['form']) for r in rows] == [(n, f) for n in names
-                                                      for f in ('training', 'deploy')]
+                                                      for f in ('training', 'deploy', 'inference')]
     for row in rows:
         assert row['source'] == 'measured' and not row['error']
         assert int(row['params']) > 0 and int(row['flops']) > 0
         assert float(row['images_per_s']) > 0
-    for train, deploy in zip(rows[::2], rows[1::2]):
+    for train, deploy, inference in zip(rows[::3], rows[1::3], rows[2::3]):
         # the fused form has fewer parameters and FLOPs and computes the same predictions
         assert int(deploy['params']) < int(train['params'])
         assert int(deploy['flops']) < int(train['flops'])
+        # the inference form (BNs folded) scores what the deploy form scores
+        metrics = [k for k in deploy if k.startswith(('coco/', 'aAcc', 'mIoU', 'mAcc'))]
+        assert [inference[k] for k in metrics] == [deploy[k] for k in metrics]
+        assert int(inference['params']) < int(deploy['params'])
     table = open(osp.join(out, 'benchmark.md')).read()
     assert all(f'| {n} | deploy | measured |' in table for n in names)
     with open(osp.join(out, 'benchmark.png'), 'rb') as f:
@@ -111,7 +116,7 @@ def test_metrics_equal_test_py(demo_run):
     for it; the deploy form reports the same metrics."""
     all_rows = read_csv(osp.join(demo_run['out'], 'benchmark.csv'))
     rows = [row for row in all_rows if row['form'] == 'training']
-    for train, deploy in zip(rows, all_rows[1::2]):
+    for train, deploy in zip(rows, all_rows[1::3]):
         keys = [k for k in train if k.startswith(('coco/', 'aAcc', 'mIoU', 'mAcc'))]
         assert [deploy[k] != '' for k in keys] == [train[k] != '' for k in keys]
     configs = {e['name']: osp.join(ROOT, e['config']) for e in demo_run['entries']}
@@ -141,12 +146,12 @@ def test_resume_and_failing_entry(demo_run, tmp_path):
     out = tmp_path / 'out'
     shutil.copytree(demo_run['out'], out)
     proc = run([sys.executable, TOOL, str(listing), '--out-dir', str(out), '--warmup', '0',
-                '--iters', '1'], demo_run['work'])
+                '--iters', '1', '--optimize'], demo_run['work'])
     assert proc.returncode == 1
     assert f'[{entry["name"]}] cached' in proc.stdout
     assert 'broken' in proc.stdout and 'missing.pth does not exist' in proc.stdout
     rows = read_csv(out / 'benchmark.csv')
-    assert [r['name'] for r in rows] == [entry['name']] * 2 + ['broken']
+    assert [r['name'] for r in rows] == [entry['name']] * 3 + ['broken']
     assert 'does not exist' in rows[-1]['error'] and not rows[0]['error']
 
 

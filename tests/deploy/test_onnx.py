@@ -1,4 +1,5 @@
-"""ONNX export in deploy form, checked by onnxruntime (tools/export_onnx.py, replk_mm.deploy)."""
+"""ONNX export in inference form, checked by onnxruntime (tools/export_onnx.py, replk_mm.deploy)."""
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -7,13 +8,14 @@ import onnxruntime as ort
 import pytest
 import torch
 from mmengine.config import Config
+from mmseg.models.utils import resize
 
 from replk_mm.checkpoint import load_checkpoint_file
 from replk_mm.deploy import build_model
 from replk_mm.deploy.equivalence import example_input, relative_error
 from replk_mm.deploy.onnx_export import OnnxCheckError, export_onnx
 
-from .conftest import run_tool
+from .conftest import ROOT, randomize_norms, run_tool
 
 
 def _trained(cfg_path: Path) -> torch.nn.Module:
@@ -67,3 +69,39 @@ def test_backbone_export_and_failed_check(backbone_case: Path, tmp_path: Path) -
     assert 0 <= result.error <= 1e-4
     outputs = ort.InferenceSession(str(out)).run(None, {'input': example_input((4, 3, 64, 64)).numpy()})
     assert [o.shape for o in outputs] == [(4, 8, 16, 16), (4, 16, 8, 8), (4, 16, 4, 4), (4, 32, 2, 2)]
+
+
+def test_segmentor_export(tmp_path: Path) -> None:
+    """A whole UperNet in inference form: logits at the input size, no BatchNormalization left,
+    checked by onnxruntime and OpenVINO (a test requirement) before the file is written."""
+    torch.manual_seed(0)
+    model = build_model(Config.fromfile(str(ROOT / 'configs/demo/upernet_replknet-demo_ade20k-demo.py')))
+    randomize_norms(model)
+    reference = copy.deepcopy(model).eval()
+    out = tmp_path / 'seg.onnx'
+    result = export_onnx(model, str(out), (1, 3, 64, 64))
+    assert result.kind == 'segmentor' and result.output_names == ['logits']
+    assert result.error <= 1e-4 and result.openvino_error is not None
+    assert result.openvino_error <= 1e-4
+    assert 'BatchNormalization' not in result.node_counts
+    x = example_input((2, 3, 64, 64), seed=5)
+    logits, = ort.InferenceSession(str(out)).run(None, {'input': x.numpy()})
+    with torch.no_grad():  # the deploy-form PyTorch model, resized as mmseg's predict does
+        expected = resize(reference.decode_head(reference.extract_feat(x)), size=(64, 64),
+                          mode='bilinear', align_corners=False)
+    assert logits.shape == (2, 5, 64, 64)
+    assert relative_error([expected], [torch.from_numpy(logits)]) <= 1e-4
+
+
+def test_detector_export_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FCOS: the bbox head's raw outputs per FPN level (class scores, box distances, centerness)."""
+    out = tmp_path / 'det.onnx'
+    args = [ROOT / 'configs/demo/fcos_replknet-demo_coco-demo.py', 'none', out, '--shape', 64, 64]
+    assert run_tool('export_onnx.py', args, monkeypatch) == 0
+    session = ort.InferenceSession(str(out))
+    names = [o.name for o in session.get_outputs()]
+    assert names == [f'out{i}_level{j}' for i in range(3) for j in range(5)]
+    outputs = session.run(None, {'input': example_input((1, 3, 64, 64)).numpy()})
+    strides = (4, 8, 16, 32, 64)
+    assert [o.shape for o in outputs] == [(1, c, max(64 // s, 1), max(64 // s, 1))
+                                          for c in (3, 4, 1) for s in strides]

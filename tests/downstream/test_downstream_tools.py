@@ -89,6 +89,11 @@ def test_train_then_test_reports_miou(data_root, tmp_path, capsys):
     assert osp.getsize(out_pkl) > 0
     drawn = [f for _, _, files in os.walk(show) for f in files if f.endswith('.png')]
     assert len(drawn) == 4
+    # the inference form (optimize_for_inference) scores the same
+    code, out, err = run_tool('test', [SEG_DEMO, ckpt, '--work-dir', work, '--optimize',
+                                       '--cfg-options', *seg_options(data_root, 3, 3)], capsys)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == last
 
 
 def free_port() -> int:

@@ -36,7 +36,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # get_flops.py, beside t
 from get_flops import count as count_params_flops  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
-from replk_mm.deploy import convert_checkpoint  # noqa: E402
+from replk_mm.deploy import convert_checkpoint, optimize_for_inference  # noqa: E402
 from replk_mm.deploy.atomic import atomic_outputs  # noqa: E402
 from replk_mm.engine.cli import ToolError, build_test_runner, load_config  # noqa: E402
 
@@ -66,6 +66,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='pytorch: evaluate with tools/dist_test.sh (torchrun, --nproc '
                         'processes); timing stays in this process')
     parser.add_argument('--nproc', type=int, default=1, help='processes for --launcher pytorch')
+    parser.add_argument('--optimize', action='store_true',
+                        help='also measure the inference form of the deploy checkpoint '
+                        '(replk_mm.deploy.optimize_for_inference; tools/test.py --optimize)')
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0 or args.nproc < 1:
         parser.error('--iters and --nproc must be >= 1 and --warmup >= 0')
@@ -109,7 +112,7 @@ def fingerprint(entry: dict, checkpoint: str, args: argparse.Namespace) -> dict:
     return dict(entry=json.dumps(entry, sort_keys=True, default=str), checkpoint=checkpoint,
                 checkpoint_stat=[stat.st_size, stat.st_mtime_ns] if stat else None,
                 cfg_options=json.dumps(args.cfg_options, sort_keys=True, default=str),
-                warmup=args.warmup, iters=args.iters)
+                warmup=args.warmup, iters=args.iters, optimize=args.optimize)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -226,10 +229,10 @@ def parse_metrics_line(output: str) -> Dict[str, Any]:
 
 
 def dist_evaluate(config: str, checkpoint: str, cfg_options: Optional[dict], work_dir: str,
-                  nproc: int) -> Dict[str, Any]:
+                  nproc: int, optimize: bool = False) -> Dict[str, Any]:
     """Evaluate with ``tools/dist_test.sh`` (torchrun) and read the metrics it prints."""
     cmd = ['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), config, checkpoint, str(nproc),
-           '--work-dir', work_dir]
+           '--work-dir', work_dir] + (['--optimize'] if optimize else [])
     if cfg_options:
         cmd += ['--cfg-options', *(f'{k}={v}' for k, v in cfg_options.items())]
     env = dict(os.environ, PYTHON=sys.executable)
@@ -242,22 +245,26 @@ def dist_evaluate(config: str, checkpoint: str, cfg_options: Optional[dict], wor
 
 
 def measure_form(config: str, checkpoint: str, cfg_options: Optional[dict], work_dir: str,
-                 args: argparse.Namespace) -> Tuple[Row, Config]:
-    """Metrics (tools/test.py's evaluation) and cost of one (config, checkpoint) pair."""
+                 args: argparse.Namespace, optimize: bool = False) -> Tuple[Row, Config]:
+    """Metrics (tools/test.py's evaluation, with ``--optimize`` when ``optimize``) and cost of one
+    (config, checkpoint) pair."""
     cfg = load_config(config, cfg_options, work_dir, 'none')
     runner = build_test_runner(cfg, checkpoint)
+    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    if optimize:
+        optimize_for_inference(model)
     if args.launcher == 'pytorch':
-        metrics = dist_evaluate(config, checkpoint, cfg_options, work_dir, args.nproc)
+        metrics = dist_evaluate(config, checkpoint, cfg_options, work_dir, args.nproc, optimize)
     else:
         metrics = runner.test()
-    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
     row = measure_cost(model, test_batches(cfg, args.warmup + args.iters), args.warmup)
     row['metrics'] = dict(metrics)
     return row, cfg
 
 
 def measure_entry(entry: dict, checkpoint: str, out_dir: str, args: argparse.Namespace) -> List[Row]:
-    """The measured rows of one entry: training form, then deploy form."""
+    """The measured rows of one entry: training form, then deploy form (and with ``--optimize`` its
+    inference form)."""
     name = entry['name']
     config = repo_path(entry['config'])
     cfg_options = {**(entry.get('cfg_options') or {}), **(args.cfg_options or {})}
@@ -282,9 +289,11 @@ def measure_entry(entry: dict, checkpoint: str, out_dir: str, args: argparse.Nam
         deploy_ckpt = deploy['checkpoint']
         if not osp.isabs(deploy_ckpt):
             deploy_ckpt = osp.join(args.checkpoint_root, deploy_ckpt)
-        row, _ = measure_form(repo_path(deploy['config']), deploy_ckpt, cfg_options,
-                              work_dir + '_deploy', args)
-        rows.append(dict(base, task=task, form='deploy', checkpoint=deploy_ckpt, **row))
+        forms = ['deploy', 'inference'] if args.optimize else ['deploy']
+        for form in forms:
+            row, _ = measure_form(repo_path(deploy['config']), deploy_ckpt, cfg_options,
+                                  f'{work_dir}_{form}', args, optimize=form == 'inference')
+            rows.append(dict(base, task=task, form=form, checkpoint=deploy_ckpt, **row))
     except Exception as err:
         if os.environ.get('REPLK_MM_TRACEBACK') == '1':
             raise

@@ -16,12 +16,10 @@ UNFUSED_ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     'none': lambda x: x, 'relu': F.relu, 'gelu': F.gelu}
 
 
-def fusable_activation(norm: nn.Module, act: Optional[nn.Module]) -> Optional[str]:
-    """The ``activation`` :meth:`BatchNorm2d.forward` takes for ``act(norm(x))`` (``'none'`` without
-    an activation), or None when ``norm`` is not a :class:`BatchNorm2d` or ``act`` is not a plain
-    ``nn.ReLU`` / exact ``nn.GELU``."""
-    if not isinstance(norm, BatchNorm2d):
-        return None
+def activation_name(act: Optional[nn.Module]) -> Optional[str]:
+    """The name in ``replk_mm.ops.batch_norm.ACTIVATIONS`` of ``act`` (``'none'`` for None), or
+    None when it is not a plain ``nn.ReLU`` / exact ``nn.GELU``: the activations that kernels
+    (this BN's, oneDNN's conv post-ops) can apply in their own pass."""
     if act is None:
         return 'none'
     if type(act) is nn.ReLU:
@@ -29,6 +27,15 @@ def fusable_activation(norm: nn.Module, act: Optional[nn.Module]) -> Optional[st
     if type(act) is nn.GELU and act.approximate == 'none':
         return 'gelu'
     return None
+
+
+def fusable_activation(norm: nn.Module, act: Optional[nn.Module]) -> Optional[str]:
+    """The ``activation`` :meth:`BatchNorm2d.forward` takes for ``act(norm(x))`` (``'none'`` without
+    an activation), or None when ``norm`` is not a :class:`BatchNorm2d` or ``act`` is not a plain
+    ``nn.ReLU`` / exact ``nn.GELU``."""
+    if not isinstance(norm, BatchNorm2d):
+        return None
+    return activation_name(act)
 
 
 class BatchNorm2d(nn.BatchNorm2d):

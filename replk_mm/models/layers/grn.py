@@ -23,7 +23,11 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, channels)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
+        if torch.is_grad_enabled() and x.requires_grad:
+            g = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
+        else:  # the same norm, 8-15x faster on CPUs (vector_norm reduces outer dims slowly);
+            # not under autograd, where sqrt's gradient at an all-zero channel would be inf
+            g = x.square().sum(dim=(1, 2), keepdim=True).sqrt()
         n = g / (g.mean(dim=-1, keepdim=True) + self.eps)
         out = (self.gamma * n + 1) * x
         return out if self.beta is None else out + self.beta

@@ -39,6 +39,21 @@ def reparameterize_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def bn_scale_shift(norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)``, each ``(C,)``, of an eval-mode batch norm: ``BN(x) = scale * x + shift``
+    per channel."""
+    if not isinstance(norm, _BatchNorm) or norm.running_var is None:
+        raise TypeError(
+            f'cannot fuse {type(norm).__name__} into a conv: only batch norms with running '
+            'statistics fold into a linear layer; build the model with a BN/SyncBN norm_cfg '
+            'to re-parameterize it')
+    std = (norm.running_var + norm.eps).sqrt()
+    gamma = norm.weight if norm.weight is not None else torch.ones_like(std)
+    beta = norm.bias if norm.bias is not None else torch.zeros_like(std)
+    scale = gamma / std
+    return scale, beta - norm.running_mean * scale
+
+
 def fuse_conv_bn(weight: torch.Tensor, bias: Optional[torch.Tensor],
                  norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fold an eval-mode batch norm into the conv (or linear) before it.
@@ -51,19 +66,38 @@ def fuse_conv_bn(weight: torch.Tensor, bias: Optional[torch.Tensor],
     Returns:
         ``(weight, bias)`` of the single equivalent layer.
     """
-    if not isinstance(norm, _BatchNorm) or norm.running_var is None:
-        raise TypeError(
-            f'cannot fuse {type(norm).__name__} into a conv: only batch norms with running '
-            'statistics fold into a linear layer; build the model with a BN/SyncBN norm_cfg '
-            'to re-parameterize it')
-    std = (norm.running_var + norm.eps).sqrt()
-    gamma = norm.weight if norm.weight is not None else torch.ones_like(std)
-    beta = norm.bias if norm.bias is not None else torch.zeros_like(std)
-    scale = gamma / std
+    scale, shift = bn_scale_shift(norm)
     fused_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-    conv_bias = bias if bias is not None else torch.zeros_like(norm.running_mean)
-    fused_bias = beta + (conv_bias - norm.running_mean) * scale
-    return fused_weight, fused_bias
+    conv_bias = bias if bias is not None else torch.zeros_like(scale)
+    return fused_weight, conv_bias * scale + shift
+
+
+def fuse_bn_conv(norm: nn.Module, weight: torch.Tensor,
+                 bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode batch norm into the 1x1 conv (or linear) after it: exact, as a 1x1 conv
+    without padding sees every normalized input value once.
+
+    Args:
+        norm: a BatchNorm / SyncBatchNorm over ``C_in`` channels with running statistics.
+        weight: 1x1 conv weight ``(C_out, C_in, 1, 1)`` (no groups) or linear weight
+            ``(C_out, C_in)``.
+        bias: ``(C_out,)`` or None.
+
+    Returns:
+        ``(weight, bias)`` of the single equivalent layer.
+    """
+    if weight.dim() == 4 and weight.shape[-2:] != (1, 1):
+        raise ValueError(f'a batch norm folds into the input side of a 1x1 conv only, got a '
+                         f'{weight.shape[-2]}x{weight.shape[-1]} kernel (its zero padding would '
+                         'not see the shift)')
+    scale, shift = bn_scale_shift(norm)
+    matrix = weight.reshape(weight.shape[0], -1)
+    if matrix.shape[1] != scale.numel():
+        raise ValueError(f'the batch norm has {scale.numel()} channels, the conv takes '
+                         f'{matrix.shape[1]} inputs (grouped convs do not fold)')
+    fused_weight = weight * scale.reshape(1, -1, *([1] * (weight.dim() - 2)))
+    fused_bias = matrix @ shift
+    return fused_weight, fused_bias if bias is None else fused_bias + bias
 
 
 def pad_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:
