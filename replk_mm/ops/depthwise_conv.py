@@ -7,13 +7,14 @@ implementation for the device, dtype and kernel size.
 Candidates: ``torch`` (PyTorch in NCHW), ``torch_channels_last`` (PyTorch in NHWC: on the CPU
 24x faster than NCHW at K=31 but slower at K=13; on CUDA cuDNN instead of a naive kernel) and
 ``ext`` (the package's compiled extension, ``replk_mm.ops.dwconv_ext``, when it is built and
-supports the input). Like ``cudnn.benchmark``, the first call for each (device type, dtype, K,
+supports the input) and ``ext_tc`` (its tensor-core kernels, for float16 / bfloat16 on CUDA devices of
+compute capability 8.0+). Like ``cudnn.benchmark``, the first call for each (device type, dtype, K,
 gradient needed, input memory format) times every candidate on that call's input (forward, plus backward when a
 gradient is needed) and caches the fastest; under ``torch.compile`` a key without a measured choice
 takes the extension where it applies (nothing is timed inside a graph). The output keeps the input's memory format; a
 network kept in channels_last pays no conversion on the channels_last path.
 
-Override: the environment variable ``REPLK_MM_DW_IMPL=auto|torch|torch_channels_last|ext`` or
+Override: the environment variable ``REPLK_MM_DW_IMPL=auto|torch|torch_channels_last|ext|ext_tc`` or
 the context manager :func:`use_dw_impl` (which wins over the variable).
 """
 import contextlib
@@ -31,7 +32,7 @@ from mmengine.logging import print_log
 from .impl_override import ImplOverride
 
 IMPL_ENV = 'REPLK_MM_DW_IMPL'
-IMPLS = ('torch', 'torch_channels_last', 'ext')
+IMPLS = ('torch', 'torch_channels_last', 'ext', 'ext_tc')
 _OVERRIDE = ImplOverride(IMPL_ENV, IMPLS, 'depth-wise conv')
 _TIMED_REPS = 2
 _ELIMINATE = 4.0
@@ -94,8 +95,12 @@ def _ext(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) ->
     return _ext_module().dwconv2d(x, weight, bias)
 
 
+def _ext_tc(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return _ext_module().dwconv2d_tc(x, weight, bias)
+
+
 _IMPL_FNS: Dict[str, Callable] = {
-    'torch': _torch_nchw, 'torch_channels_last': _torch_channels_last, 'ext': _ext
+    'torch': _torch_nchw, 'torch_channels_last': _torch_channels_last, 'ext': _ext, 'ext_tc': _ext_tc
 }
 
 
@@ -105,6 +110,8 @@ def available_dw_impls(x: torch.Tensor) -> List[str]:
     ext = _ext_module()
     if ext is not None and ext.is_available(x):
         impls.append('ext')
+    if ext is not None and ext.tensor_cores_available(x):
+        impls.append('ext_tc')
     return impls
 
 
