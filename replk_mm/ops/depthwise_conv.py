@@ -5,9 +5,10 @@
 implementation for the device, dtype and kernel size.
 
 Candidates: ``torch`` (PyTorch in NCHW), ``torch_channels_last`` (PyTorch in NHWC: on the CPU
-24x faster than NCHW at K=31 but slower at K=13; on CUDA cuDNN instead of a naive kernel) and
+24x faster than NCHW at K=31 but slower at K=13; on CUDA cuDNN instead of a naive kernel),
 ``ext`` (the package's compiled extension, ``replk_mm.ops.dwconv_ext``, when it is built and
-supports the input). Like ``cudnn.benchmark``, the first call for each (device type, dtype, K,
+supports the input) and ``ext_tc`` (its tensor-core kernels, for float16 / bfloat16 on CUDA devices
+of compute capability 8.0+). Like ``cudnn.benchmark``, the first call for each (device type, dtype, K,
 gradient needed, input memory format) times every candidate on that call's input (forward, plus
 backward when a gradient is needed) and caches the fastest. The output keeps the input's memory
 format; a network kept in channels_last pays no conversion on the channels_last path.
@@ -25,7 +26,7 @@ any other takes the extension where it applies unless it fails the same check, r
 the graph is traced on a small input of the key's kind. ``REPLK_MM_DW_CHECK=0`` turns the check off
 (for measuring the dispatch itself); implementations forced as below are never checked.
 
-Override: the environment variable ``REPLK_MM_DW_IMPL=auto|torch|torch_channels_last|ext`` or
+Override: the environment variable ``REPLK_MM_DW_IMPL=auto|torch|torch_channels_last|ext|ext_tc`` or
 the context manager :func:`use_dw_impl` (which wins over the variable).
 """
 import collections
@@ -48,7 +49,7 @@ from .rank_exchange import exchange, rank, world_size
 
 IMPL_ENV = 'REPLK_MM_DW_IMPL'
 CHECK_ENV = 'REPLK_MM_DW_CHECK'
-IMPLS = ('torch', 'torch_channels_last', 'ext')
+IMPLS = ('torch', 'torch_channels_last', 'ext', 'ext_tc')
 _OVERRIDE = ImplOverride(IMPL_ENV, IMPLS, 'depth-wise conv')
 _TIMED_REPS = 2
 _ELIMINATE = 4.0
@@ -114,8 +115,12 @@ def _ext(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) ->
     return _ext_module().dwconv2d(x, weight, bias)
 
 
+def _ext_tc(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return _ext_module().dwconv2d_tc(x, weight, bias)
+
+
 _IMPL_FNS: Dict[str, Callable] = {
-    'torch': _torch_nchw, 'torch_channels_last': _torch_channels_last, 'ext': _ext
+    'torch': _torch_nchw, 'torch_channels_last': _torch_channels_last, 'ext': _ext, 'ext_tc': _ext_tc
 }
 
 
@@ -125,6 +130,8 @@ def available_dw_impls(x: torch.Tensor) -> List[str]:
     ext = _ext_module()
     if ext is not None and ext.is_available(x):
         impls.append('ext')
+    if ext is not None and ext.tensor_cores_available(x):
+        impls.append('ext_tc')
     return impls
 
 
@@ -325,12 +332,15 @@ def _compile_time_choice(key: ChoiceKey, candidates: Tuple[str, ...]) -> str:
 
 def _select_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> str:
     impl = _OVERRIDE.requested()
-    if impl == 'ext':
-        if 'ext' not in available_dw_impls(x):
+    if impl in ('ext', 'ext_tc'):
+        if impl not in available_dw_impls(x):
+            kernels = 'tensor-core kernels (float16 / bfloat16, CUDA 8.0+)' if impl == 'ext_tc' \
+                else 'kernels'
             raise RuntimeError(
-                f'{IMPL_ENV}/use_dw_impl asks for the extension, but replk_mm.ops.dwconv_ext is '
-                f'not built or does not support this input ({x.device.type}, {x.dtype}); rebuild '
-                'it with `pip install --no-build-isolation --no-deps -e .` or choose auto')
+                f'{IMPL_ENV}/use_dw_impl asks for the extension\'s {kernels} ({impl}), but '
+                f'replk_mm.ops.dwconv_ext is not built or does not support this input '
+                f'({x.device.type}, {x.dtype}); rebuild it with '
+                '`pip install --no-build-isolation --no-deps -e .` or choose auto')
         return impl
     if impl != 'auto':
         return impl

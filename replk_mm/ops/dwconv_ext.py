@@ -2,10 +2,12 @@
 
 ``replk_mm._ext`` registers three ops in the ``replk_mm`` namespace (schemas in ``docs/ops.md``):
 ``dwconv2d_forward``, ``dwconv2d_backward_input`` and ``dwconv2d_backward_weight``, with CPU
-kernels (AVX-512 / AVX2 / portable) and, when built with CUDA, CUDA kernels. This module adds
-the Python side: input checks with clear errors, fake (meta) implementations so ``torch.compile``
-can trace the ops, the autograd formula, and the interface of the dispatcher in
-:mod:`replk_mm.ops.depthwise_conv`: :func:`is_available` and :func:`dwconv2d`.
+kernels (AVX-512 / AVX2 / portable) and, when built with CUDA, CUDA kernels; and the same three ops with
+a ``_tc`` suffix, whose CUDA kernels run float16 / bfloat16 on tensor cores (compute capability 8.0+).
+This module adds the Python side: input checks with clear errors, fake (meta) implementations so
+``torch.compile`` can trace the ops, the autograd formula, and the interface of the dispatcher in
+:mod:`replk_mm.ops.depthwise_conv`: :func:`is_available`, :func:`dwconv2d`,
+:func:`tensor_cores_available` and :func:`dwconv2d_tc`.
 """
 from typing import Optional, Tuple
 
@@ -19,6 +21,8 @@ except ImportError as e:  # the package is usable without its extension (PyTorch
 
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 _CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
+_TENSOR_CORE_CAPABILITY = (8, 0)  # mma.sync m16n8k16
 
 
 def extension_loaded() -> bool:
@@ -26,16 +30,18 @@ def extension_loaded() -> bool:
     return _LOAD_ERROR is None
 
 
-def _registered_kernels() -> dict:
-    if not extension_loaded():
+def _registered_kernels(op: str) -> dict:
+    """device type -> whether the extension has kernels of `op` for it ({} without the op)."""
+    if not extension_loaded() or not hasattr(torch.ops.replk_mm, op.split('::')[1]):
         return {}
     return {
-        device: torch._C._dispatch_has_kernel_for_dispatch_key('replk_mm::dwconv2d_forward', key)
+        device: torch._C._dispatch_has_kernel_for_dispatch_key(op, key)
         for device, key in (('cpu', 'CPU'), ('cuda', 'CUDA'))
     }
 
 
-_KERNELS = _registered_kernels()  # device type -> whether the extension has kernels for it
+_KERNELS = _registered_kernels('replk_mm::dwconv2d_forward')
+_TC_KERNELS = _registered_kernels('replk_mm::dwconv2d_forward_tc')
 
 
 def _has_kernel(device: torch.device) -> bool:
@@ -46,6 +52,13 @@ def is_available(x: torch.Tensor) -> bool:
     """Whether the extension has a kernel for ``x``'s device and dtype."""
     dtypes = _CPU_DTYPES if x.device.type == 'cpu' else _CUDA_DTYPES
     return x.dtype in dtypes and _has_kernel(x.device)
+
+
+def tensor_cores_available(x: torch.Tensor) -> bool:
+    """Whether the tensor-core ops (``*_tc``) can run ``x``: float16 / bfloat16 on a CUDA device of
+    compute capability 8.0 or newer, with the extension built with CUDA."""
+    return (x.device.type == 'cuda' and x.dtype in _TENSOR_CORE_DTYPES and _TC_KERNELS.get('cuda', False)
+            and torch.cuda.get_device_capability(x.device) >= _TENSOR_CORE_CAPABILITY)
 
 
 def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> None:
@@ -95,16 +108,13 @@ if extension_loaded():
                    memory_format=torch.channels_last) else torch.contiguous_format)
         return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=fmt)
 
-    @torch.library.register_fake('replk_mm::dwconv2d_forward')
     def _forward_fake(x: torch.Tensor, weight: torch.Tensor,
                       bias: Optional[torch.Tensor]) -> torch.Tensor:
         return _out_like(x)
 
-    @torch.library.register_fake('replk_mm::dwconv2d_backward_input')
     def _backward_input_fake(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return _out_like(grad_out)
 
-    @torch.library.register_fake('replk_mm::dwconv2d_backward_weight')
     def _backward_weight_fake(grad_out: torch.Tensor, x: torch.Tensor, kernel_size: int,
                               with_bias: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         grad_weight = x.new_empty((x.shape[1], 1, kernel_size, kernel_size))
@@ -115,18 +125,29 @@ if extension_loaded():
         ctx.save_for_backward(x, weight)
         ctx.with_bias = bias is not None
 
-    def _backward(ctx, grad_out: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.replk_mm.dwconv2d_backward_input(grad_out, weight)
-        if ctx.needs_input_grad[1] or (ctx.with_bias and ctx.needs_input_grad[2]):
-            grad_weight, grad_bias = torch.ops.replk_mm.dwconv2d_backward_weight(
-                grad_out, x, weight.shape[-1], ctx.with_bias)
-        return grad_x, grad_weight, grad_bias
+    def _register(suffix: str) -> None:
+        """Fake kernels and the autograd formula of one op family (``''`` or ``'_tc'``)."""
+        backward_input = getattr(torch.ops.replk_mm, f'dwconv2d_backward_input{suffix}')
+        backward_weight = getattr(torch.ops.replk_mm, f'dwconv2d_backward_weight{suffix}')
 
-    torch.library.register_autograd(
-        'replk_mm::dwconv2d_forward', _backward, setup_context=_setup_context)
+        def _backward(ctx, grad_out: torch.Tensor):
+            x, weight = ctx.saved_tensors
+            grad_x = grad_weight = grad_bias = None
+            if ctx.needs_input_grad[0]:
+                grad_x = backward_input(grad_out, weight)
+            if ctx.needs_input_grad[1] or (ctx.with_bias and ctx.needs_input_grad[2]):
+                grad_weight, grad_bias = backward_weight(grad_out, x, weight.shape[-1], ctx.with_bias)
+            return grad_x, grad_weight, grad_bias
+
+        for name, fake in (('forward', _forward_fake), ('backward_input', _backward_input_fake),
+                           ('backward_weight', _backward_weight_fake)):
+            torch.library.register_fake(f'replk_mm::dwconv2d_{name}{suffix}', fake)
+        torch.library.register_autograd(
+            f'replk_mm::dwconv2d_forward{suffix}', _backward, setup_context=_setup_context)
+
+    _register('')
+    if _TC_KERNELS:  # an extension built before the tensor-core ops has no schema for them
+        _register('_tc')
 
 
 def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -142,3 +163,15 @@ def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     """
     check_inputs(x, weight, bias)
     return torch.ops.replk_mm.dwconv2d_forward(x, weight, bias)
+
+
+def dwconv2d_tc(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`dwconv2d` on tensor cores (float16 / bfloat16 CUDA tensors, compute capability 8.0+);
+    differentiable, the gradients on tensor cores too."""
+    check_inputs(x, weight, bias)
+    if not tensor_cores_available(x):
+        raise RuntimeError(
+            f'replk_mm dwconv2d_tc cannot run {x.dtype} on {x.device}: the tensor-core kernels need float16 '
+            'or bfloat16 CUDA tensors on compute capability 8.0+ and an extension built with CUDA; '
+            'use dwconv2d (CUDA cores) or replk_mm.ops.depthwise_conv2d')
+    return torch.ops.replk_mm.dwconv2d_forward_tc(x, weight, bias)

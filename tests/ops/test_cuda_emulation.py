@@ -93,21 +93,27 @@ def test_non_contiguous_inputs():
                                rtol=1e-5, atol=1e-5)
 
 
+# fp16: the two summation orders may round to neighbouring fp16 values (one ulp = 2^-10 relative).
+@pytest.mark.parametrize('suffix, dtype, rtol, atol',
+                         [('', torch.float32, 1e-5, 1e-4), ('_tc', torch.float16, 2e-3, 2e-3)],
+                         ids=['cuda_cores', 'tensor_cores'])
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'nhwc'])
-def test_weight_grad_deterministic_and_atomic(channels_last):
-    x, _, _, grad_out = make_inputs(4, 6, 40, 40, 13, torch.float32, channels_last)
+def test_weight_grad_deterministic_and_atomic(channels_last, suffix, dtype, rtol, atol):
+    # The CUDA-core and the tensor-core (test_cuda_emulation_tensor_core.py) weight gradients.
+    backward_weight = getattr(EMU, f'dwconv2d_backward_weight{suffix}')
+    x, _, _, grad_out = make_inputs(4, 6, 40, 40, 13, dtype, channels_last)
     previous = torch.are_deterministic_algorithms_enabled()
     try:
         torch.use_deterministic_algorithms(True)
-        first = EMU.dwconv2d_backward_weight(grad_out, x, 13, True)
-        second = EMU.dwconv2d_backward_weight(grad_out, x, 13, True)
+        first = backward_weight(grad_out, x, 13, True)
+        second = backward_weight(grad_out, x, 13, True)
         torch.use_deterministic_algorithms(False)
-        atomic = EMU.dwconv2d_backward_weight(grad_out, x, 13, True)
+        atomic = backward_weight(grad_out, x, 13, True)
     finally:
         torch.use_deterministic_algorithms(previous)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
-    torch.testing.assert_close(atomic[0], first[0], rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(atomic[1], first[1], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(atomic[0], first[0], rtol=rtol, atol=atol)
+    torch.testing.assert_close(atomic[1], first[1], rtol=rtol, atol=atol)
 
 
 def test_weight_grad_without_bias():

@@ -45,7 +45,7 @@ def fake_ext(calls):
         return reference(x, weight, bias)
 
     return types.SimpleNamespace(is_available=lambda x: x.device.type == 'cpu',
-                                 dwconv2d=dwconv2d)
+                                 tensor_cores_available=lambda x: False, dwconv2d=dwconv2d)
 
 
 @pytest.mark.parametrize('impl', ['torch', 'torch_channels_last', 'auto'])

@@ -1,5 +1,6 @@
 """The CUDA kernels of replk_mm::dwconv2d_* on a real GPU (run by themselves when one is present):
-correctness against F.conv2d for every dtype and layout, streams, determinism, autocast, errors."""
+correctness against F.conv2d for every dtype and layout (and of the tensor-core kernels, *_tc, for fp16 /
+bf16 on compute capability 8.0+), streams, determinism, autocast, errors."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -42,15 +43,22 @@ def assert_matches(actual, expected, dtype, what):
     assert err <= TOLERANCE[dtype] * scale, f'{what}: max error {err:.3g} vs scale {scale:.3g}'
 
 
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+# (op suffix, dtype): the CUDA-core kernels in every dtype, the tensor-core kernels (_tc) in fp16 / bf16.
+KERNELS = [('', torch.float32), ('', torch.float16), ('', torch.bfloat16), ('_tc', torch.float16),
+           ('_tc', torch.bfloat16)]
+
+
+@pytest.mark.parametrize('suffix, dtype', KERNELS, ids=['fp32', 'fp16', 'bf16', 'fp16_tc', 'bf16_tc'])
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'nhwc'])
 @pytest.mark.parametrize('k', [3, 13, 31, 63])
-def test_kernels_match_conv2d(k, channels_last, dtype):
+def test_kernels_match_conv2d(k, channels_last, suffix, dtype):
+    if suffix and torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip('the tensor-core kernels need compute capability 8.0+')
     x, weight, bias, grad_out = make_inputs(3, 37, 45, 70, k, dtype, channels_last)
     y_ref, gx_ref, gw_ref, gb_ref = reference(x, weight, bias, grad_out)
-    assert_matches(OPS.dwconv2d_forward(x, weight, bias), y_ref, dtype, 'forward')
-    assert_matches(OPS.dwconv2d_backward_input(grad_out, weight), gx_ref, dtype, 'grad input')
-    gw, gb = OPS.dwconv2d_backward_weight(grad_out, x, k, True)
+    assert_matches(getattr(OPS, f'dwconv2d_forward{suffix}')(x, weight, bias), y_ref, dtype, 'forward')
+    assert_matches(getattr(OPS, f'dwconv2d_backward_input{suffix}')(grad_out, weight), gx_ref, dtype, 'grad input')
+    gw, gb = getattr(OPS, f'dwconv2d_backward_weight{suffix}')(grad_out, x, k, True)
     assert_matches(gw, gw_ref, dtype, 'grad weight')
     assert_matches(gb, gb_ref, dtype, 'grad bias')
 

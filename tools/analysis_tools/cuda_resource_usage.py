@@ -4,7 +4,10 @@ Compiles ``replk_mm/ops/csrc/cuda/dwconv_cuda.cu`` once with nvcc for every arch
 ``-Xptxas -v``, reads registers, spills, stack and static shared memory per kernel, computes the
 theoretical occupancy of the launch configurations the host code uses (block size and dynamic shared
 memory of ``dwconv_launch.cuh`` for a few kernel sizes, from each architecture's limits) and writes
-two markdown tables between the markers of the doc and every row to a CSV. Needs nvcc, not a GPU.
+markdown tables between the markers of the doc and every row to a CSV. With ``cuobjdump`` and
+``nvdisasm`` (on PATH, in ``$CUDA_HOME/bin`` or bundled with triton) it also reads the SASS: the
+instruction mix of each kernel's hot loop, and for the tensor-core kernels (``TC``) the share of HMMA
+(tensor-core) instructions on sm_80 and sm_90. Needs nvcc, not a GPU.
 
     python tools/analysis_tools/cuda_resource_usage.py [--archs 75 80 86 89 90 100 120]
         [--doc docs/cuda.md] [--csv work_dirs/cuda_resource_usage/resource_usage.csv]
@@ -44,6 +47,8 @@ ARCH_LIMITS = {
 # Mirrors of the block shapes in dwconv_kernels.cuh / dwconv_launch.cuh.
 TILE, ROWS, COLS, FWD_THREADS_PER_CHANNEL, WGRAD_THREADS = 32, 4, 4, 64, 256
 MAX_SMEM_FOR_OCCUPANCY = 100 * 1024
+# Architectures whose tensor-core kernels the SASS table inspects (the kernels need sm_80+).
+TENSOR_CORE_ARCHS = (80, 90)
 
 
 def nvcc_command(output: str, archs: Sequence[int], extra: Sequence[str] = ()) -> List[str]:
@@ -100,7 +105,8 @@ def short_name(mangled: str) -> str:
     m = re.search(r'dwconv_(\w+)_kernel<([^>]+)>', demangled)
     if not m:
         return demangled
-    kind = {'forward': 'forward', 'weight_grad': 'weight grad', 'reduce_partials': 'reduce'}[m.group(1)]
+    kind = {'forward': 'forward', 'weight_grad': 'weight grad', 'reduce_partials': 'reduce',
+            'forward_tc': 'forward TC', 'weight_grad_tc': 'weight grad TC'}[m.group(1)]
     args = [a.strip() for a in m.group(2).split(',')]
     dtype = {'float': 'fp32', 'c10::Half': 'fp16', 'c10::BFloat16': 'bf16'}.get(args[0], args[0])
     layout = ('' if len(args) < 2 else ' NHWC' if args[1] == 'true' else ' NCHW')
@@ -149,7 +155,8 @@ def occupancy(arch: int, registers: int, threads: int, smem: int) -> float:
     return blocks * warps / (max_threads // 32)
 
 
-def render(rows: List[Dict], archs: Sequence[int], kernel_sizes: Sequence[int], mix: Dict[str, str]) -> str:
+def render(rows: List[Dict], archs: Sequence[int], kernel_sizes: Sequence[int], mix: Dict[str, str],
+           tc_mix: Dict[int, Dict[str, str]]) -> str:
     names = sorted({r['name'] for r in rows}, key=lambda n: (n.split()[0] != 'forward', n))
     by = {(r['name'], r['arch']): r for r in rows}
     out = ['Registers / spill bytes (stores + loads) per thread, from `ptxas -v` (nvcc '
@@ -182,21 +189,79 @@ def render(rows: List[Dict], archs: Sequence[int], kernel_sizes: Sequence[int], 
                 'SASS; the FFMA share bounds the fraction of the fp32 peak the issue slots allow):', '',
                 '| kernel | hot loop |', '|---|---|']
         out += [f'| {name} | {mix[name]} |' for name in sorted(mix) if 'fp32' in name]
+    if tc_mix:
+        tc_archs = sorted(tc_mix)
+        out += ['', 'Tensor-core kernels: HMMA (mma.sync m16n8k16) and shared-load (LDS) share of the innermost '
+                'SASS loop that issues HMMA (one band step: 4 HMMA); an HMMA.16816 keeps its sub-partition\'s '
+                'tensor core busy for 8 cycles on sm_80, about 4 to 6 on sm_90, so a loop needs an HMMA share of '
+                'about 1/8 resp. 1/5 to 1/4 to saturate it from the issue slots:', '',
+                '| kernel | ' + ' | '.join(f'sm_{a}' for a in tc_archs) + ' |', '|---|' + '---|' * len(tc_archs)]
+        names = sorted({n for a in tc_archs for n in tc_mix[a]})
+        out += [f'| {name} | ' + ' | '.join(tc_mix[a].get(name, '-') for a in tc_archs) + ' |' for name in names]
     return '\n'.join(out)
 
 
-def sass_mix(object_file: str, arch: int) -> Dict[str, str]:
-    """Per kernel: FFMA share of the densest 200-instruction window of its SASS (the unrolled inner
-    loop), with the LDS share; needs cuobjdump and nvdisasm on PATH (not in every toolkit)."""
+def sass_tool_path() -> str:
+    """PATH with the directory holding cuobjdump and nvdisasm prepended ('' if none is found): PATH,
+    $CUDA_HOME/bin, or the copies triton bundles."""
+    dirs = [os.path.join(os.getenv('CUDA_HOME', '/usr/local/cuda'), 'bin')]
+    try:
+        import triton
+        dirs.append(os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin'))
+    except ImportError:
+        pass
+    path = os.environ.get('PATH', '')
+    for d in [''] + dirs:
+        candidate = f'{d}{os.pathsep}{path}' if d else path
+        if shutil.which('cuobjdump', path=candidate) and shutil.which('nvdisasm', path=candidate):
+            return candidate
+    return ''
+
+
+def sass_ops(body: str) -> List:
+    """(address, opcode, text) of each instruction of one function's SASS."""
+    return [(int(addr, 16), re.sub(r'^@!?U?P\w+\s+', '', text.strip()).split()[0].split('.')[0], text)
+            for addr, text in re.findall(r'/\*([0-9a-f]{4,})\*/\s+([^;]*);', body)]
+
+
+def innermost_loop(ops: List, opcode: str) -> List[str]:
+    """Opcodes of the shortest backward-branch loop that contains `opcode` (all ops if none does)."""
+    best = ops
+    for addr, op, text in ops:
+        target = re.search(r'BRA\s+\W*0x([0-9a-f]+)', text)
+        if op != 'BRA' or not target or int(target.group(1), 16) >= addr:
+            continue
+        loop = [o for o in ops if int(target.group(1), 16) <= o[0] <= addr]
+        if any(o[1] == opcode for o in loop) and len(loop) < len(best):
+            best = loop
+    return [o[1] for o in best]
+
+
+def sass_mix(object_file: str, arch: int, opcode: str = 'FFMA', kernels: str = '',
+             path: str = '') -> Dict[str, str]:
+    """Per kernel whose short name contains `kernels`: the `opcode` and LDS shares of its hot loop, read
+    from the SASS: for FFMA the densest 200-instruction window (the unrolled inner loop), otherwise the
+    innermost loop that issues `opcode`. `path` is a PATH holding cuobjdump and nvdisasm
+    (sass_tool_path())."""
+    env = dict(os.environ, PATH=path or os.environ.get('PATH', ''))
     sass = subprocess.run(['cuobjdump', '-sass', '-arch', f'sm_{arch}', object_file], capture_output=True,
-                          text=True).stdout
+                          text=True, env=env).stdout
     mix = {}
     for body in sass.split('Function : ')[1:]:
-        ops = [re.sub(r'^@!?U?P\w+\s+', '', t.strip()).split()[0].split('.')[0]
-               for t in re.findall(r'/\*[0-9a-f]{4}\*/\s+([^;]*);', body)]
-        window = max((ops[i:i + 200] for i in range(max(1, len(ops) - 199))), key=lambda w: w.count('FFMA'))
+        name = short_name(body.split()[0])
+        if kernels not in name:
+            continue
+        ops = sass_ops(body)
+        if opcode == 'FFMA':
+            names = [o[1] for o in ops]
+            window = max((names[i:i + 200] for i in range(max(1, len(names) - 199))),
+                         key=lambda w: w.count(opcode))
+        else:
+            window = innermost_loop(ops, opcode)
         count = collections.Counter(window)
-        mix[short_name(body.split()[0])] = f"{count['FFMA'] / len(window):.0%} FFMA, {count['LDS'] / len(window):.0%} LDS"
+        mix[name] = f"{count[opcode] / len(window):.0%} {opcode}, {count['LDS'] / len(window):.0%} LDS"
+        if opcode != 'FFMA':
+            mix[name] += f' of a {len(window)}-instruction loop'
     return mix
 
 
@@ -226,8 +291,9 @@ def main(argv=None) -> int:
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout + proc.stderr)
             return proc.returncode
-        has_sass_tools = shutil.which('cuobjdump') and shutil.which('nvdisasm')
-        mix = sass_mix(obj, max(archs)) if has_sass_tools else {}
+        path = sass_tool_path()
+        mix = sass_mix(obj, max(archs), path=path) if path else {}
+        tc_mix = {a: sass_mix(obj, a, 'HMMA', 'TC', path) for a in TENSOR_CORE_ARCHS if a in archs} if path else {}
     rows = parse_ptxas(proc.stdout + proc.stderr)
     for row in rows:
         row['name'] = short_name(row['kernel'])
@@ -240,7 +306,8 @@ def main(argv=None) -> int:
         parser.error(f'{args.doc} lacks the markers {BEGIN} ... {END}')
     head, rest = doc.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    write_text_atomic(args.doc, f'{head}{BEGIN}\n{render(rows, archs, args.kernel_sizes, mix)}\n{END}{tail}')
+    table = render(rows, archs, args.kernel_sizes, mix, tc_mix)
+    write_text_atomic(args.doc, f'{head}{BEGIN}\n{table}\n{END}{tail}')
     print(f'{len(rows)} kernels x archs -> {args.doc}, {args.csv}')
     return 0
 

@@ -10,6 +10,12 @@ TORCH_LIBRARY(replk_mm, m) {
   // (grad_weight (C, 1, K, K), grad_bias (C,) if with_bias else None).
   m.def("dwconv2d_backward_weight(Tensor grad_out, Tensor x, int kernel_size, bool with_bias)"
         " -> (Tensor, Tensor?)");
+  // The same three ops on tensor cores (CUDA only: float16 / bfloat16 on compute capability 8.0+); one
+  // more implementation that replk_mm.ops.depthwise_conv2d measures, not a replacement.
+  m.def("dwconv2d_forward_tc(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("dwconv2d_backward_input_tc(Tensor grad_out, Tensor weight) -> Tensor");
+  m.def("dwconv2d_backward_weight_tc(Tensor grad_out, Tensor x, int kernel_size, bool with_bias)"
+        " -> (Tensor, Tensor?)");
 }
 
 // `import replk_mm._ext` loads the library, which registers the ops above.

@@ -75,13 +75,32 @@ __host__ __device__ __forceinline__ int64_t element_offset(bool channels_last, c
                        : ((n * g.channels + c) * g.height + y) * g.width + x;
 }
 
+// What a block of a tiles_y * tiles_x * c_groups * (N or image chunks) grid owns: its tile (index and
+// top-left output pixel), first channel and image (forward) or image chunk (weight gradient).
+struct BlockTile {
+  int tile;
+  int64_t c0;
+  int64_t n;
+  int64_t oy0;
+  int64_t ox0;
+};
+
+__device__ __forceinline__ BlockTile block_tile(const Geometry& g, int tile_h, int tile_w) {
+  const int64_t tiles = int64_t(g.tiles_x) * g.tiles_y;
+  const int64_t b = blockIdx.x / tiles;
+  const int tile = static_cast<int>(blockIdx.x % tiles);
+  return BlockTile{tile, (b % g.c_groups) * g.cb, b / g.c_groups, int64_t(tile / g.tiles_x) * tile_h,
+                   int64_t(tile % g.tiles_x) * tile_w};
+}
+
 // Stages a rows x cols window of `cb` channels whose top-left pixel is (y0, x0) into
-// dst[cbi * plane + r * pitch + col] as fp32, zero outside the image and past the last channel.
+// dst[cbi * plane + r * pitch + col] as dst_t (fp32, or the input dtype for the tensor-core kernels),
+// zero outside the image and past the last channel.
 // Consecutive threads read consecutive addresses of either layout (coalesced).
-template <typename scalar_t, bool kChannelsLast>
+template <typename scalar_t, bool kChannelsLast, typename dst_t>
 __device__ __forceinline__ void stage_window(const scalar_t* __restrict__ src, const Geometry& g, int64_t n,
                                              int64_t c0, int64_t y0, int64_t x0, int rows, int cols,
-                                             int pitch, int plane, float* __restrict__ dst) {
+                                             int pitch, int plane, dst_t* __restrict__ dst) {
   const int total = g.cb * rows * cols;
   for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
     int cbi, r, col;
@@ -103,7 +122,7 @@ __device__ __forceinline__ void stage_window(const scalar_t* __restrict__ src, c
     if (c < g.channels && y >= 0 && y < g.height && x >= 0 && x < g.width) {
       v = static_cast<float>(src[element_offset(kChannelsLast, g, n, c, y, x)]);
     }
-    dst[cbi * plane + r * pitch + col] = v;
+    dst[cbi * plane + r * pitch + col] = static_cast<dst_t>(v);
   }
 }
 
@@ -124,13 +143,7 @@ __global__ void __launch_bounds__(512)
   float* x_s = smem;                  // [cb][rows][pitch]
   float* w_s = smem + g.cb * plane;   // [cb][K*K]
 
-  int64_t b = blockIdx.x;
-  const int tile = static_cast<int>(b % (int64_t(g.tiles_x) * g.tiles_y));
-  b /= int64_t(g.tiles_x) * g.tiles_y;
-  const int64_t c0 = (b % g.c_groups) * g.cb;
-  const int64_t n = b / g.c_groups;
-  const int64_t oy0 = int64_t(tile / g.tiles_x) * kTileH;
-  const int64_t ox0 = int64_t(tile % g.tiles_x) * kTileW;
+  const auto [tile, c0, n, oy0, ox0] = block_tile(g, kTileH, kTileW);
   const int pad = k / 2;
 
   stage_window<scalar_t, kChannelsLast>(x, g, n, c0, oy0 - pad, ox0 - pad, rows, cols, pitch, plane, x_s);
@@ -251,14 +264,8 @@ __global__ void __launch_bounds__(kWeightGradThreads)
   float* red_s = gy_s + g.cb * gy_plane;            // [cb][threads_per_channel][kRows*kCols+1]
   constexpr int kPartial = kRows * kCols + 1;       // filter taps + bias
 
-  int64_t b = blockIdx.x;
   const int64_t tiles = int64_t(g.tiles_x) * g.tiles_y;
-  const int tile = static_cast<int>(b % tiles);
-  b /= tiles;
-  const int64_t c0 = (b % g.c_groups) * g.cb;
-  const int64_t chunk = b / g.c_groups;
-  const int64_t oy0 = int64_t(tile / g.tiles_x) * kTileH;
-  const int64_t ox0 = int64_t(tile % g.tiles_x) * kTileW;
+  const auto [tile, c0, chunk, oy0, ox0] = block_tile(g, kTileH, kTileW);
   const int pad = k / 2;
   const int64_t n_begin = chunk * g.images_per_block;
   const int64_t n_end = n_begin + g.images_per_block < g.batch ? n_begin + g.images_per_block : g.batch;

@@ -15,8 +15,10 @@
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include "dwconv_kernels.cuh"
+#include "dwconv_tc_kernels.cuh"
 
 namespace replk::dwconv {
 
@@ -46,16 +48,42 @@ inline size_t weight_grad_smem_bytes(int k, int cb) {
   return sizeof(float) * (size_t(cb) * (rows * pitch + kTileH * kTileW) + reduction);
 }
 
+// The weight-gradient kernels share the partial layout: the same tiles.
+static_assert(kTcGradTileH == kTileH && kTcTileW == kTileW, "one tile grid for both weight gradients");
+
+// Dynamic shared memory of the tensor-core kernels (16-bit tiles).
+inline size_t forward_tc_smem_bytes(int k, int cb) {
+  const int steps = band_steps(k);
+  return 2 * size_t(cb) *
+         (size_t(kTcTileH + k - 1) * tc_pitch(band_cols(steps)) + size_t(k) * band_stride(steps));
+}
+
+inline size_t weight_grad_tc_smem_bytes(int k, int cb) {
+  const int steps = band_steps(kTcTileW);
+  const size_t rows = kTcGradTileH + 16 * tc_kh_blocks(k) - 1;
+  const size_t pitch = tc_pitch(kTcTileW * (tc_kw_chunks(k) - 1) + band_cols(steps));
+  const size_t reduction = tc_weight_grad_splits(k, cb) > 1 ? size_t(kTcThreads) * 4 * kTcBlocksN : 0;
+  return 2 * size_t(cb) * (rows * pitch + size_t(kTcGradTileH) * band_stride(steps)) +
+         sizeof(float) * (reduction + size_t(cb) * mma::kWarpSize);
+}
+
 inline void check_supported(const at::Tensor& t, const char* op) {
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
               op, ": the CUDA kernels support float32, float16 and bfloat16, got ", t.scalar_type(),
               "; convert the tensors (e.g. .float()) or run on the CPU");
 }
 
-inline Geometry make_geometry(const at::Tensor& x, int64_t k, const char* op) {
+// The tensor-core kernels take 16-bit inputs only.
+inline void check_tensor_core_dtype(const at::Tensor& t, const char* op) {
+  TORCH_CHECK(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, op,
+              ": the tensor-core kernels take float16 and bfloat16, got ", t.scalar_type(),
+              "; use the CUDA-core op (replk_mm::dwconv2d_*) for float32");
+}
+
+inline Geometry make_geometry(const at::Tensor& x, int64_t k, const char* op, int tile_h = kTileH) {
   TORCH_CHECK(k >= 1 && k % 2 == 1, op, ": kernel size must be odd, got ", k,
               "; zero-pad an even kernel to the next odd size");
-  const int64_t max_side = std::numeric_limits<int>::max() - 2 * std::max(kTileH, kTileW);
+  const int64_t max_side = std::numeric_limits<int>::max() - 2 * std::max(tile_h, kTileW);
   TORCH_CHECK(x.size(2) <= max_side && x.size(3) <= max_side, op, ": H and W must be below ", max_side,
               ", got ", x.sizes());
   Geometry g{};
@@ -65,7 +93,7 @@ inline Geometry make_geometry(const at::Tensor& x, int64_t k, const char* op) {
   g.width = x.size(3);
   g.k = static_cast<int>(k);
   g.tiles_x = static_cast<int>((g.width + kTileW - 1) / kTileW);
-  g.tiles_y = static_cast<int>((g.height + kTileH - 1) / kTileH);
+  g.tiles_y = static_cast<int>((g.height + tile_h - 1) / tile_h);
   return g;
 }
 
@@ -100,10 +128,37 @@ void dispatch_floating(at::ScalarType dtype, Fn&& fn) {
                                         AT_DISPATCH_CASE(at::kBFloat16, [&] { fn(scalar_t{}); }));
 }
 
-// conv2d(x, weight, bias, padding=K/2, groups=C), or with `flip` the input gradient (rotated filter).
+// The forward kernel of a dtype and layout: CUDA cores, or tensor cores (16-bit dtypes only).
+template <typename scalar_t>
+auto forward_kernel(bool channels_last, bool tensor_cores) {
+  if constexpr (!std::is_same_v<scalar_t, float>) {
+    if (tensor_cores) {
+      return channels_last ? &dwconv_forward_tc_kernel<scalar_t, true> : &dwconv_forward_tc_kernel<scalar_t, false>;
+    }
+  }
+  return channels_last ? &dwconv_forward_kernel<scalar_t, true> : &dwconv_forward_kernel<scalar_t, false>;
+}
+
+template <typename scalar_t>
+auto weight_grad_kernel(bool channels_last, bool tensor_cores) {
+  if constexpr (!std::is_same_v<scalar_t, float>) {
+    if (tensor_cores) {
+      return channels_last ? &dwconv_weight_grad_tc_kernel<scalar_t, true>
+                           : &dwconv_weight_grad_tc_kernel<scalar_t, false>;
+    }
+  }
+  return channels_last ? &dwconv_weight_grad_kernel<scalar_t, true> : &dwconv_weight_grad_kernel<scalar_t, false>;
+}
+
+// conv2d(x, weight, bias, padding=K/2, groups=C), or with `flip` the input gradient (rotated filter), on
+// the CUDA cores or (`tensor_cores`, float16 / bfloat16) the tensor cores.
 inline at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight_in,
-                          const std::optional<at::Tensor>& bias_in, bool flip, const char* op) {
+                          const std::optional<at::Tensor>& bias_in, bool flip, const char* op,
+                          bool tensor_cores = false) {
   check_supported(x_in, op);
+  if (tensor_cores) {
+    check_tensor_core_dtype(x_in, op);
+  }
   const auto format = x_in.suggest_memory_format();
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(format);
@@ -111,23 +166,24 @@ inline at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight_in,
   const std::optional<at::Tensor> bias =
       bias_in.has_value() ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
   at::Tensor y = at::empty(x.sizes(), x.options().memory_format(format));
-  Geometry g = make_geometry(x, weight.size(-1), op);
+  Geometry g = make_geometry(x, weight.size(-1), op, tensor_cores ? kTcTileH : kTileH);
   if (y.numel() == 0) {
     return y;
   }
-  g.cb = choose_channels_per_block(channels_last, 8, [&](int cb) { return forward_smem_bytes(g.k, cb); },
-                                   g.k, op);
+  const auto smem_of = [&](int cb) {
+    return tensor_cores ? forward_tc_smem_bytes(g.k, cb) : forward_smem_bytes(g.k, cb);
+  };
+  g.cb = choose_channels_per_block(channels_last, 8, smem_of, g.k, op);
   g.c_groups = (g.channels + g.cb - 1) / g.cb;
   const int64_t blocks = int64_t(g.tiles_x) * g.tiles_y * g.c_groups * g.batch;
   check_grid(blocks, op);
-  const size_t smem = forward_smem_bytes(g.k, g.cb);
+  const size_t smem = smem_of(g.cb);
+  const int threads = tensor_cores ? kTcThreads : g.cb * kForwardThreadsPerChannel;
   dispatch_floating(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    const auto kernel =
-        channels_last ? &dwconv_forward_kernel<scalar_t, true> : &dwconv_forward_kernel<scalar_t, false>;
+    const auto kernel = forward_kernel<scalar_t>(channels_last, tensor_cores);
     rt::allow_smem(kernel, smem);
-    rt::launch(kernel, dim3(static_cast<unsigned int>(blocks)),
-               dim3(static_cast<unsigned int>(g.cb * kForwardThreadsPerChannel)), smem,
+    rt::launch(kernel, dim3(static_cast<unsigned int>(blocks)), dim3(static_cast<unsigned int>(threads)), smem,
                x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), g,
                flip);
@@ -149,11 +205,16 @@ inline void reduce_partials(const at::Tensor& partial, at::Tensor& out, const ch
 }
 
 // (grad_weight (C, 1, K, K), grad_bias (C,) or None). Deterministic (per-block partials summed in a
-// fixed order) when torch.use_deterministic_algorithms(True), float atomics otherwise.
+// fixed order) when torch.use_deterministic_algorithms(True), float atomics otherwise. On the CUDA cores
+// or (`tensor_cores`, float16 / bfloat16) the tensor cores.
 inline std::tuple<at::Tensor, std::optional<at::Tensor>> weight_grad(const at::Tensor& grad_out_in,
                                                                      const at::Tensor& x_in, int64_t k,
-                                                                     bool with_bias, const char* op) {
+                                                                     bool with_bias, const char* op,
+                                                                     bool tensor_cores = false) {
   check_supported(x_in, op);
+  if (tensor_cores) {
+    check_tensor_core_dtype(x_in, op);
+  }
   const auto format = x_in.suggest_memory_format();
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(format);
@@ -174,14 +235,16 @@ inline std::tuple<at::Tensor, std::optional<at::Tensor>> weight_grad(const at::T
   }
   const int blocks_per_side = padded_k(g.k) / kCols;
   const int tap_blocks = blocks_per_side * blocks_per_side;
-  g.cb = choose_channels_per_block(
-      channels_last, 8,
-      [&](int cb) {
-        // More channels per block only while each channel keeps a thread per tap block.
-        return cb > 1 && tap_blocks * cb > kWeightGradThreads ? std::numeric_limits<size_t>::max()
-                                                              : weight_grad_smem_bytes(g.k, cb);
-      },
-      g.k, op);
+  const auto smem_of = [&](int cb) {
+    if (tensor_cores) {
+      return weight_grad_tc_smem_bytes(g.k, cb);
+    }
+    // More channels per block only while each channel keeps a thread per tap block.
+    return cb > 1 && tap_blocks * cb > kWeightGradThreads ? std::numeric_limits<size_t>::max()
+                                                          : weight_grad_smem_bytes(g.k, cb);
+  };
+  // The tensor-core kernel sums channel cbi's bias gradient in warp cbi: at most kTcWarps channels.
+  g.cb = choose_channels_per_block(channels_last, tensor_cores ? kTcWarps : 8, smem_of, g.k, op);
   g.c_groups = (g.channels + g.cb - 1) / g.cb;
   const int64_t tiles = int64_t(g.tiles_x) * g.tiles_y;
   const int64_t wanted_chunks = (kTargetWeightGradBlocks + tiles * g.c_groups - 1) / (tiles * g.c_groups);
@@ -203,13 +266,13 @@ inline std::tuple<at::Tensor, std::optional<at::Tensor>> weight_grad(const at::T
     partial_b = deterministic ? at::empty({num_partials, g.channels}, float_options)
                               : at::zeros({g.channels}, float_options);
   }
-  const size_t smem = weight_grad_smem_bytes(g.k, g.cb);
+  const size_t smem = smem_of(g.cb);
   dispatch_floating(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    const auto kernel = channels_last ? &dwconv_weight_grad_kernel<scalar_t, true>
-                                      : &dwconv_weight_grad_kernel<scalar_t, false>;
+    const auto kernel = weight_grad_kernel<scalar_t>(channels_last, tensor_cores);
     rt::allow_smem(kernel, smem);
-    rt::launch(kernel, dim3(static_cast<unsigned int>(blocks)), dim3(kWeightGradThreads), smem,
+    rt::launch(kernel, dim3(static_cast<unsigned int>(blocks)),
+               dim3(static_cast<unsigned int>(tensor_cores ? kTcThreads : kWeightGradThreads)), smem,
                grad_out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                partial_w.mutable_data_ptr<float>(),
                partial_b.has_value() ? partial_b->mutable_data_ptr<float>() : nullptr, g, !deterministic);
