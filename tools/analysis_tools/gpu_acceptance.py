@@ -51,7 +51,7 @@ TINY_ARCH = dict(large_kernel_sizes=[13, 11, 9, 7], layers=[1, 1, 2, 1], channel
 FP32_LANES = {(7, 0): 64, (7, 5): 64, (8, 0): 64}
 SANITIZER_TOOLS = ('memcheck', 'racecheck')
 # The small cases compute-sanitizer runs: every kernel (forward NCHW / NHWC, input gradient, both
-# weight gradients), partial tiles and channel groups, a kernel larger than the image.
+# weight gradients; CUDA cores and tensor cores), partial tiles and channel groups, a kernel larger than the image.
 SANITIZER_CASE = '''
 import torch, torch.nn.functional as F
 import replk_mm._ext
@@ -63,13 +63,16 @@ for dtype in (torch.float32, torch.float16):
             weight, bias = torch.randn(c, 1, k, k).to(dtype), torch.randn(c).to(dtype)
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             x, g = (t.cuda().contiguous(memory_format=fmt) for t in (x, g))
-            y = ops.dwconv2d_forward(x, weight.cuda(), bias.cuda())
             ref = F.conv2d(x.cpu().float(), weight.float(), bias.float(), padding=k // 2, groups=c)
-            assert (y.cpu().float() - ref).abs().max() <= 1e-2 * ref.abs().max(), (dtype, k)
-            ops.dwconv2d_backward_input(g, weight.cuda())
-            for deterministic in (True, False):
-                torch.use_deterministic_algorithms(deterministic)
-                ops.dwconv2d_backward_weight(g, x, k, True)
+            # the CUDA-core kernels, then (float16, compute capability 8.0+) the tensor-core ones
+            tc = dtype == torch.float16 and torch.cuda.get_device_capability() >= (8, 0)
+            for suffix in ('', '_tc') if tc else ('',):
+                y = getattr(ops, 'dwconv2d_forward' + suffix)(x, weight.cuda(), bias.cuda())
+                assert (y.cpu().float() - ref).abs().max() <= 1e-2 * ref.abs().max(), (dtype, k)
+                getattr(ops, 'dwconv2d_backward_input' + suffix)(g, weight.cuda())
+                for deterministic in (True, False):
+                    torch.use_deterministic_algorithms(deterministic)
+                    getattr(ops, 'dwconv2d_backward_weight' + suffix)(g, x, k, True)
 torch.cuda.synchronize()
 print('sanitizer case: done')
 '''
@@ -136,6 +139,10 @@ class Candidate:
     memory_format: torch.memory_format
     conv: Callable  # (x, weight) -> y, differentiable
     ours: bool
+    dtypes: Tuple[torch.dtype, ...] = ()  # the dtypes it takes; empty: every dtype
+
+    def takes(self, dtype: torch.dtype) -> bool:
+        return not self.dtypes or dtype in self.dtypes
 
 
 def env_with_root() -> Dict[str, str]:
@@ -169,20 +176,23 @@ def last_lines(text: str, n: int = 6) -> List[str]:
 
 
 class EmulatedConv(torch.autograd.Function):
-    """``torch.ops.replk_mm_emu`` (the CUDA kernels compiled for the host) as a differentiable conv."""
+    """``torch.ops.replk_mm_emu`` (the CUDA kernels compiled for the host) as a differentiable conv;
+    ``suffix`` ``''`` or ``'_tc'`` (the tensor-core kernels) selects the op family."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, suffix: str) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        return torch.ops.replk_mm_emu.dwconv2d_forward(x, weight, None)
+        ctx.suffix = suffix
+        return getattr(torch.ops.replk_mm_emu, 'dwconv2d_forward' + suffix)(x, weight, None)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
-        grad_x = torch.ops.replk_mm_emu.dwconv2d_backward_input(grad_out, weight)
-        grad_weight, _ = torch.ops.replk_mm_emu.dwconv2d_backward_weight(
+        ops = torch.ops.replk_mm_emu
+        grad_x = getattr(ops, 'dwconv2d_backward_input' + ctx.suffix)(grad_out, weight)
+        grad_weight, _ = getattr(ops, 'dwconv2d_backward_weight' + ctx.suffix)(
             grad_out, x, weight.shape[-1], False)
-        return grad_x, grad_weight
+        return grad_x, grad_weight, None
 
 
 def torch_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -190,19 +200,27 @@ def torch_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def candidates(emulate: bool) -> List[Candidate]:
-    """PyTorch in both layouts and ours in both (the emulated kernels under ``--emulate``). A new
-    kernel (e.g. a tensor-core path) is one more entry here."""
+    """PyTorch in both layouts, ours in both, and our tensor-core kernels in both for float16 /
+    bfloat16 where the GPU has them (compute capability 8.0+; the emulated kernels under
+    ``--emulate``). A new kernel is one more entry here."""
+    half = (torch.float16, torch.bfloat16)
     if emulate:
         import replk_mm._ext_cuda_emu  # noqa: F401  (registers torch.ops.replk_mm_emu)
-        ours = EmulatedConv.apply
+        ours, ours_tc = (lambda x, w: EmulatedConv.apply(x, w, '')), (
+            lambda x, w: EmulatedConv.apply(x, w, '_tc'))
+        with_tc = True
     else:
         from replk_mm.ops import dwconv_ext
-        ours = dwconv_ext.dwconv2d
+        ours, ours_tc = dwconv_ext.dwconv2d, dwconv_ext.dwconv2d_tc
+        with_tc = torch.cuda.is_available() and dwconv_ext.tensor_cores_available(
+            torch.empty(1, 1, 1, 1, device='cuda', dtype=torch.float16))
     nchw, nhwc = torch.contiguous_format, torch.channels_last
     return [Candidate('pytorch_nchw', nchw, torch_conv, False),
             Candidate('pytorch_channels_last', nhwc, torch_conv, False),
             Candidate('ours_nchw', nchw, ours, True),
-            Candidate('ours_channels_last', nhwc, ours, True)]
+            Candidate('ours_channels_last', nhwc, ours, True)] + ([
+                Candidate('ours_tc_nchw', nchw, ours_tc, True, half),
+                Candidate('ours_tc_channels_last', nhwc, ours_tc, True, half)] if with_tc else [])
 
 
 def roofline_rates(device: torch.device) -> Tuple[float, float, str]:
@@ -240,6 +258,8 @@ def time_case(ctx: Context, n: int, r: int, k: int, dtype: torch.dtype, mode: st
                .requires_grad_(mode == 'forward_backward') for _ in range(layers)]
     fns, layers_timed = {}, {}
     for cand in candidates(ctx.args.emulate):
+        if not cand.takes(dtype):
+            continue
         try:
             fns[cand.name], layers_timed[cand.name] = stack_within_budget(
                 cand.conv, x0.contiguous(memory_format=cand.memory_format), weights, mode,
@@ -395,7 +415,7 @@ def step_table1(ctx: Context, result: Result) -> None:
     for mode in MODES:
         cells = {(r, k): time_case(ctx, s.table1_batch, r, k, torch.float32, mode, s.layers, result, 'table1')
                  for r in s.resolutions for k in s.kernels}
-        impls = [c.name for c in candidates(ctx.args.emulate)] + ['roofline']
+        impls = [c.name for c in candidates(ctx.args.emulate) if c.takes(torch.float32)] + ['roofline']
         result.lines += [f'### {mode}', '', '| R | row | ' + ' | '.join(map(str, s.kernels)) + ' |',
                          '|---|---|' + '---|' * len(s.kernels)]
         for r in s.resolutions:
@@ -420,7 +440,8 @@ def step_headline(ctx: Context, result: Result) -> None:
     for dtype in ctx.sizes.headline_dtypes:
         for mode in MODES:
             ms = time_case(ctx, n, r, k, dtype, mode, 1, result, 'headline')
-            cells = [f'{ms[c.name]:.2f}' if c.name in ms else 'error' for c in candidates(ctx.args.emulate)]
+            cells = [f'{ms[c.name]:.2f}' if c.name in ms else 'error' if c.takes(dtype) else 'n/a'
+                     for c in candidates(ctx.args.emulate)]
             pct, vs_nchw, vs_best = speedup_cells(ms)
             result.lines.append(f'| {str(dtype)[6:]} | {mode} | ' + ' | '.join(cells) +
                                 f" | {ms['roofline']:.2f} | {pct} | {vs_nchw} | {vs_best} |")
