@@ -13,13 +13,13 @@ A UniRepLKNet checkpoint is recognised by its ``downsample_layers.*`` keys; the 
 """
 import argparse
 import os
-import tempfile
 from typing import Dict
 
 import torch
 
 from replk_mm.checkpoint import extract_state_dict, load_checkpoint_file, load_state_dict_checked
 from replk_mm.deploy import reparameterize_model
+from replk_mm.deploy.atomic import atomic_outputs
 from replk_mm.engine.cli import run_tool
 from replk_mm.models import RepLKNet
 from replk_mm.models.backbones.replknet import REPLKNET_KEY_MAPPING, arch_from_state_dict
@@ -64,20 +64,6 @@ def fuse_unireplknet(backbone: StateDict) -> StateDict:
         layer_scale_init_value=1e-6 if with_scale else 0)
 
 
-def save_atomic(obj: dict, path: str) -> None:
-    """``torch.save`` to a temporary file in the target folder, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.tmp')
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('src', help='input checkpoint')
@@ -110,7 +96,8 @@ def main() -> None:
                              'convert it with --to backbone')
         out = {**{'backbone.' + k: v for k, v in backbone.items()}, **head}
     meta = dict(source=os.path.basename(args.src), format=args.to, deploy=deploy, arch=arch)
-    save_atomic(dict(state_dict=out, meta=meta), args.dst)
+    with atomic_outputs([args.dst], force=True) as (tmp, ):  # overwrites, as it always did
+        torch.save(dict(state_dict=out, meta=meta), tmp)
     print(f'{args.src} -> {args.dst}: {len(out)} tensors, {args.to}, '
           f'{"deploy" if deploy else "training"} form, arch {arch}')
 
