@@ -8,6 +8,9 @@ re-parameterized branches) and keeps the checkpoints in that form:
   conv has no padding); UniRepLKNet's linear layers become 1x1 convs;
 - the ReLU / GELU after a conv and the residual add after a block's last 1x1 conv run inside that
   conv (oneDNN post-ops), with the conv weights packed once for oneDNN;
+- UniRepLKNet's SE runs its two 1x1 convs as matrix products on the pooled ``(N, C)`` vectors, and
+  its GRN reduces over the spatial dimensions of the ``(N, C, H, W)`` tensor directly; both scale
+  their input in place where it is a fresh intermediate;
 - activations stay channels_last from the first conv to the last, so the depth-wise kernels, the
   LayerNorms and UniRepLKNet's channel-wise layers read them without layout conversions (mmcv's
   compiled ops, which may assume NCHW memory, get contiguous inputs).
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.backbones.replknet import ConvFFN, RepLKBlock
-from ..models.layers import GRN, ConvBN, UniRepLKNetBlock, reparameterize_model
+from ..models.layers import GRN, ConvBN, SEBlock, UniRepLKNetBlock, reparameterize_model
 from ..models.layers.batch_norm import UNFUSED_ACTIVATIONS, activation_name
 from ..models.layers.reparam import fuse_bn_conv, fuse_conv_bn
 from ..ops import DepthwiseConv2d
@@ -125,6 +128,8 @@ class FusedConv2d(nn.Module):
                     self.activation, [], algorithm)
             residual = residual.contiguous(memory_format=torch.channels_last)
             # oneDNN fuses a ReLU after the add, not a GELU
+            # (not the in-place variant, which writes into the residual: its sum post-op ran
+            # oneDNN's reference kernel for 4096 -> 1024 channels at 7 x 7, 135 ms for 3.5 ms)
             y = torch.ops.mkldnn._convolution_pointwise.binary(
                 x, residual, weight, self.bias, self.padding, self.stride, self.dilation,
                 self.groups, 'add', None, 'relu' if self.activation == 'relu' else None, [], None)
@@ -154,16 +159,51 @@ class FusedResidualBlock(nn.Module):
         return self.pw2(self.mid(self.pw1(self.pre(x))), residual=x)
 
 
-class GRNChannelsFirst(nn.Module):
-    """A :class:`~replk_mm.models.layers.GRN` applied to ``(N, C, H, W)``: on a channels_last
-    tensor both permutes are views, so it reads and writes the memory in place of the NHWC one."""
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone(), requires_grad=False)
 
-    def __init__(self, grn: GRN) -> None:
+
+def _inplace_ok(x: torch.Tensor) -> bool:
+    """In-place scaling of a fresh intermediate: only where no autograd or tracing sees it."""
+    return _onednn_applies(x)
+
+
+class InferenceSE(nn.Module):
+    """A :class:`~replk_mm.models.layers.SEBlock` whose 1x1 convs run as matrix products on the
+    pooled ``(N, C)`` vectors (no oneDNN call for a 1x1 image). ``(N, C, H, W) -> (N, C, H, W)``;
+    with ``inplace`` it scales its input in place (the caller's fresh intermediate)."""
+
+    def __init__(self, se: SEBlock, inplace: bool) -> None:
         super().__init__()
-        self.grn = grn
+        self.down_weight = _frozen(se.down.weight[:, :, 0, 0])
+        self.down_bias = _frozen(se.down.bias)
+        self.up_weight = _frozen(se.up.weight[:, :, 0, 0])
+        self.up_bias = _frozen(se.up.bias)
+        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.grn(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        s = F.relu(F.linear(x.mean((2, 3)), self.down_weight, self.down_bias))
+        s = torch.sigmoid(F.linear(s, self.up_weight, self.up_bias))[:, :, None, None]
+        return x.mul_(s) if self.inplace and _inplace_ok(x) else x * s
+
+
+class InferenceGRN(nn.Module):
+    """A :class:`~replk_mm.models.layers.GRN` applied to ``(N, C, H, W)``: the norms reduce over
+    the spatial dimensions directly (no permutes, none in an exported graph either), and the
+    input is scaled once, in place with ``inplace``."""
+
+    def __init__(self, grn: GRN, inplace: bool) -> None:
+        super().__init__()
+        self.gamma = _frozen(grn.gamma.reshape(-1))
+        self.beta = None if grn.beta is None else _frozen(grn.beta.reshape(-1, 1, 1))
+        self.eps = grn.eps
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = x.square().sum(dim=(2, 3)).sqrt()  # (N, C)
+        scale = (self.gamma * g / (g.mean(dim=1, keepdim=True) + self.eps) + 1)[:, :, None, None]
+        out = x.mul_(scale) if self.inplace and _inplace_ok(x) else x * scale
+        return out if self.beta is None else out + self.beta
 
 
 def _batch_norms(*norms: nn.Module) -> bool:
@@ -199,8 +239,9 @@ def _unireplknet_block(block: UniRepLKNetBlock) -> Optional[nn.Module]:
         return None
     pw1 = FusedConv2d.from_linear(block.pwconv1[1], 'gelu')
     pw2 = FusedConv2d.from_linear(block.pwconv2[0])
-    return FusedResidualBlock(nn.Sequential(block.dwconv, block.se), pw1,
-                              GRNChannelsFirst(block.act[1]), pw2)
+    # the SE scales the depth-wise output and the GRN pw1's output: fresh tensors, in place
+    return FusedResidualBlock(nn.Sequential(block.dwconv, InferenceSE(block.se, inplace=True)),
+                              pw1, InferenceGRN(block.act[1], inplace=True), pw2)
 
 
 def _conv_bn(module: ConvBN) -> Optional[nn.Module]:

@@ -9,13 +9,14 @@ from mmengine.config import Config
 
 from replk_mm.deploy import build_model, optimize_for_inference, reparameterize_model
 from replk_mm.deploy.equivalence import example_input, relative_error
-from replk_mm.deploy.inference import FusedConv2d, FusedResidualBlock
+from replk_mm.deploy.inference import (FusedConv2d, FusedResidualBlock, InferenceGRN,
+                                       InferenceSE)
 from replk_mm.deploy.onnx_export import InferenceModule
 from replk_mm.models import RepLKNet, UniRepLKNet
 from replk_mm.models.backbones.replknet import ARCH_SETTINGS
 from replk_mm.models.backbones.unireplknet import ARCH_SETTINGS as UNI_ARCH_SETTINGS
 from replk_mm.models.backbones.unireplknet import resolve_arch
-from replk_mm.models.layers import GRN, fuse_bn_conv
+from replk_mm.models.layers import GRN, SEBlock, fuse_bn_conv
 
 from .conftest import ROOT, randomize_norms
 
@@ -141,3 +142,29 @@ def test_grn_inference_norm_equals_the_autograd_one() -> None:
         fast = grn(x)
     slow = grn(x.requires_grad_())
     assert relative_error([slow.detach()], [fast]) <= 1e-6
+
+
+@pytest.mark.parametrize('with_beta', [False, True])
+def test_se_and_grn_inference_modules(with_beta: bool) -> None:
+    """InferenceSE / InferenceGRN on (N, C, H, W) compute SEBlock / GRN (which takes NHWC); they
+    scale a channels_last input in place without autograd, and leave it alone under autograd."""
+    torch.manual_seed(0)
+    se, grn = SEBlock(16, 4), GRN(16, bias=with_beta)
+    with torch.no_grad():
+        for p in [*se.parameters(), *grn.parameters()]:
+            p.normal_()
+    x = torch.randn(2, 16, 7, 9).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = [se(x), grn(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)]
+    modules = [InferenceSE(se, inplace=True), InferenceGRN(grn, inplace=True)]
+    for module, reference in zip(modules, expected):
+        tracked = x.clone().requires_grad_()
+        out = module(tracked)  # autograd: a new tensor, the input untouched
+        assert out.data_ptr() != tracked.data_ptr() and torch.equal(tracked.detach(), x)
+        assert relative_error([reference], [out.detach()]) <= TOLERANCE
+        fresh = x.clone(memory_format=torch.channels_last)
+        with torch.no_grad():
+            out = module(fresh)
+        assert out.data_ptr() == fresh.data_ptr() or with_beta  # (beta adds a new tensor)
+        assert relative_error([reference], [out]) <= TOLERANCE
+        assert not any(p.requires_grad for p in module.parameters())

@@ -14,6 +14,8 @@ from replk_mm.checkpoint import load_checkpoint_file
 from replk_mm.deploy import build_model
 from replk_mm.deploy.equivalence import example_input, relative_error
 from replk_mm.deploy.onnx_export import OnnxCheckError, export_onnx
+from replk_mm.models import UniRepLKNet
+from replk_mm.models.backbones.unireplknet import resolve_arch
 
 from .conftest import ROOT, randomize_norms, run_tool
 
@@ -105,3 +107,24 @@ def test_detector_export_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     strides = (4, 8, 16, 32, 64)
     assert [o.shape for o in outputs] == [(1, c, max(64 // s, 1), max(64 // s, 1))
                                           for c in (3, 4, 1) for s in strides]
+
+
+def test_unireplknet_export_has_no_per_block_transposes(tmp_path: Path) -> None:
+    """UniRepLKNet's GRN and SE export on the NCHW tensor: no Transpose pair per block (the ONNX
+    runtimes would run them as copies), only those around the LayerNorms; checked by onnxruntime
+    and OpenVINO."""
+    depths, dims, kernels = resolve_arch('A')
+    kernels = (kernels[0], kernels[1], kernels[2][:3], kernels[3])
+    torch.manual_seed(0)
+    model = UniRepLKNet(dict(depths=tuple(len(k) for k in kernels),
+                             dims=tuple(max(8, d // 32) for d in dims), kernel_sizes=kernels))
+    randomize_norms(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(('gamma', 'beta')):
+                p.normal_(0, 0.5)
+    result = export_onnx(model, str(tmp_path / 'uni.onnx'), (1, 3, 64, 64))
+    assert result.error <= 1e-4 and result.openvino_error <= 1e-4
+    counts = result.node_counts  # a channels-first LayerNorm is a Transpose pair around it
+    assert counts.get('Transpose', 0) <= 2 * counts['LayerNormalization']
+    assert not {'BatchNormalization', 'MatMul'} & set(result.node_counts)

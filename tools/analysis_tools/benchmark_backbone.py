@@ -21,7 +21,10 @@ graph, checked against PyTorch) and run it with the same number of threads (ONNX
 static input shape). Missing peers are named and skipped (``pip install -e .[deploy]``).
 
 Runs are interleaved (A, B, C, A, B, C, ...) after warm-up, and each variant's median is reported,
-so load on a shared machine hits every variant alike. In forward mode two GEMMs run in the same
+so load on a shared machine hits every variant alike. On the CPU each timed run starts after
+``--settle`` idle seconds (0.1): the thread pools of the three runtimes share the process, and
+one that spins after its run (ONNX Runtime's does, for tens of ms) would slow the next one down
+(measured: the GEMMs of the floor ran at half speed right after ONNX Runtime without it). In forward mode two GEMMs run in the same
 rounds (``torch.mm`` and a channels_last 1x1 conv through oneDNN, 1024 x 1024 x 1024); the faster
 sets the floor, 2 x multiply-adds (MMEngine's counter, ``get_flops.py``) over that rate, and each
 row reports the fraction of the floor it reaches and its speed relative to the faster peer. Peak
@@ -236,8 +239,9 @@ def sync(device: torch.device) -> None:
 
 
 def time_interleaved(steps: Dict[str, Callable[[], None]], device: torch.device, warmup: int,
-                     repeats: int, desc: str) -> Dict[str, float]:
-    """Median seconds per step, the variants run in turn (A, B, ..., A, B, ...) after warm-up."""
+                     repeats: int, desc: str, settle: float = 0.0) -> Dict[str, float]:
+    """Median seconds per step, the variants run in turn (A, B, ..., A, B, ...) after warm-up,
+    each after ``settle`` idle seconds."""
     times: Dict[str, List[float]] = {name: [] for name in steps}
     for _ in range(warmup):
         for step in steps.values():
@@ -245,6 +249,7 @@ def time_interleaved(steps: Dict[str, Callable[[], None]], device: torch.device,
     for _ in tqdm(range(repeats), desc=desc):
         for name, step in steps.items():
             sync(device)
+            time.sleep(settle)
             start = time.perf_counter()
             step()
             sync(device)
@@ -312,7 +317,8 @@ def benchmark(config: str, args: argparse.Namespace,
                  if mode == 'forward' or v not in FORWARD_ONLY}
         if mode == 'forward' and device.type == 'cpu':
             steps.update(gemm_steps())
-        medians = time_interleaved(steps, device, args.warmup, args.repeats, f'{config} {mode}')
+        medians = time_interleaved(steps, device, args.warmup, args.repeats, f'{config} {mode}',
+                                   args.settle if device.type == 'cpu' else 0.0)
         for v, seconds in medians.items():
             if v.startswith('gemm '):
                 gemm[v] = 2 * GEMM_SIZE**3 / seconds / 1e9
@@ -362,6 +368,9 @@ def main() -> None:
                         choices=['forward', 'forward_backward'])
     parser.add_argument('--variants', nargs='+', choices=list(VARIANTS),
                         help=f'default: all (with --whole: {" ".join(WHOLE_VARIANTS)})')
+    parser.add_argument('--settle', type=float, default=0.1, metavar='SECONDS',
+                        help='idle time before each timed CPU run, so that the previous run\'s '
+                        'thread pool (ONNX Runtime\'s spins for tens of ms) has gone to sleep')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory runs')
     parser.add_argument('--out', default='work_dirs/benchmark_backbone',
                         help='folder for benchmark.md and benchmark.csv')
