@@ -4,7 +4,8 @@ Writes, per image, the picture with the predictions drawn and the predictions as
 ``--out-dir``; an unreadable image is skipped with a warning and makes the exit status 1.
 
     python tools/infer.py CONFIG CHECKPOINT INPUT [INPUT ...] --out-dir DIR
-        [--device cpu|cuda[:N]] [--batch-size 1] [--score-thr 0.3] [--cfg-options k=v ...]
+        [--device cpu|cuda[:N]] [--batch-size 1] [--score-thr 0.3] [--optimize]
+        [--cfg-options k=v ...]
 
 INPUT: image files, folders (their image files) and glob patterns (quote them: "imgs/*.jpg").
 """
@@ -31,6 +32,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--batch-size', type=int, default=1, help='images per forward pass')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: lowest score drawn and written (default 0.3)')
+    parser.add_argument('--optimize', action='store_true',
+                        help='run the inference form (replk_mm.deploy.optimize_for_inference: '
+                        'BNs folded, fused oneDNN convs; faster on CPUs, same predictions)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries')
     return parser.parse_args()
@@ -39,7 +43,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     images = find_images(args.inputs)
-    inferencer = Inferencer(args.config, args.checkpoint, args.device, args.cfg_options)
+    inferencer = Inferencer(args.config, args.checkpoint, args.device, args.cfg_options,
+                            args.optimize)
     results = iter_inference(inferencer, images, args.out_dir, args.batch_size, args.score_thr)
     failed = [r.image for r in tqdm(results, total=len(images), desc='infer', unit='img')
               if r.error]

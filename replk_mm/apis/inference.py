@@ -36,6 +36,7 @@ from pycocotools import mask as mask_utils
 
 from ..checkpoint import load_state_dict_checked
 from ..deploy.atomic import atomic_outputs
+from ..deploy.inference import optimize_for_inference
 from ..engine.cli import ToolError, checked_state_dict, load_config
 from ..models.layers import use_package_batch_norm
 
@@ -219,6 +220,8 @@ class Inferencer:
             checkpoint of the config's model (:func:`replk_mm.engine.cli.checked_state_dict`).
         device: ``'cpu'``, ``'cuda'``, ``'cuda:1'``...; default: CUDA when available.
         cfg_options: config overrides, as ``--cfg-options``.
+        optimize: run the inference form (:func:`~replk_mm.deploy.optimize_for_inference`: the
+            same predictions, faster on CPUs).
 
     Raises:
         ToolError: missing config, unknown task, no such device, a checkpoint that does not fit
@@ -226,7 +229,7 @@ class Inferencer:
     """
 
     def __init__(self, config: str, checkpoint: str, device: Optional[str] = None,
-                 cfg_options: Optional[dict] = None) -> None:
+                 cfg_options: Optional[dict] = None, optimize: bool = False) -> None:
         cfg = load_config(config, cfg_options, None, 'none')
         scope = cfg.get('default_scope')
         if scope not in _TASKS:
@@ -247,6 +250,8 @@ class Inferencer:
             use_package_batch_norm(model)
         state_dict = checked_state_dict(model, checkpoint)
         load_state_dict_checked(model, state_dict, strict=True, source=checkpoint)
+        if optimize:
+            optimize_for_inference(model)
         with warnings.catch_warnings():  # deprecation notes of the dataset's transforms
             warnings.simplefilter('ignore')
             meta = _dataset_meta(cfg)
@@ -323,7 +328,7 @@ def iter_inference(inferencer: Inferencer, images: Sequence[Tuple[str, str]], ou
 
 def inference_model(config: str, checkpoint: str, inputs: Sequence[str], out_dir: str,
                     device: Optional[str] = None, batch_size: int = 1,
-                    score_thr: float = 0.3) -> List[ImageResult]:
+                    score_thr: float = 0.3, optimize: bool = False) -> List[ImageResult]:
     """Predict on images with a config and a checkpoint (training or deploy form); write, per image,
     the picture with the predictions drawn and the predictions as JSON into ``out_dir``.
 
@@ -335,6 +340,7 @@ def inference_model(config: str, checkpoint: str, inputs: Sequence[str], out_dir
         device: ``'cpu'`` or ``'cuda[:N]'``; default: CUDA when available.
         batch_size: images per forward pass.
         score_thr: detection only: the lowest score drawn and written.
+        optimize: run the inference form (the same predictions, faster on CPUs).
 
     Returns:
         One :class:`ImageResult` per input image, in order; those that could not be read have
@@ -345,5 +351,5 @@ def inference_model(config: str, checkpoint: str, inputs: Sequence[str], out_dir
         ToolError: no image found, a checkpoint that does not fit the config, and the like.
     """
     images = find_images(inputs)
-    inferencer = Inferencer(config, checkpoint, device)
+    inferencer = Inferencer(config, checkpoint, device, optimize=optimize)
     return list(iter_inference(inferencer, images, out_dir, batch_size, score_thr))

@@ -119,6 +119,22 @@ def test_infer_training_and_deploy_checkpoints(task, demo_data, tmp_path, capsys
                           '--out-dir', tmp_path / 'deploy', '--score-thr', 0], capsys)
     assert code == 0, err
     deploy = check_outputs(tmp_path / 'deploy', inputs, task)
+    if task in ('seg', 'cascade'):
+        # The inference form (--optimize): the deploy form's predictions.
+        code, _, err = infer([deploy_config, deploy_ckpt, folder, '--out-dir',
+                              tmp_path / 'optimized', '--score-thr', 0, '--optimize'], capsys)
+        assert code == 0, err
+        optimized = check_outputs(tmp_path / 'optimized', inputs, task)
+        if task == 'seg':
+            assert [p['segments'] for p in optimized] == [p['segments'] for p in deploy]
+        else:
+            for fast, reference in zip(optimized, deploy):
+                assert [i['label'] for i in fast['instances']] == [
+                    i['label'] for i in reference['instances']]
+                assert torch.allclose(
+                    torch.tensor([i['bbox'] + [i['score']] for i in fast['instances']]),
+                    torch.tensor([i['bbox'] + [i['score']] for i in reference['instances']]),
+                    rtol=1e-4, atol=1e-3)
     if task == 'seg':
         # Same predictions from both forms.
         assert [p['segments'] for p in train] == [p['segments'] for p in deploy]
