@@ -283,11 +283,11 @@ def peak_memory_cpu(step: Callable[[], None]) -> float:
     return peak / 2**20
 
 
-def floor_ms(kwargs: dict, whole: Optional[str], shape: Tuple[int, int], batch: int,
+def floor_ms(deploy_model: nn.Module, shape: Tuple[int, int], batch: int,
              gemm_gflops: float) -> Tuple[float, float]:
-    """``(multiply-adds in G, floor in ms)`` of one forward of the deploy form at ``gemm_gflops``."""
-    model, _ = build_ours(kwargs, whole)
-    macs = count_params_flops(reparameterize_model(model.eval()), shape)[1] * batch / 1e9
+    """``(multiply-adds in G, floor in ms)`` of one forward of ``deploy_model`` at
+    ``gemm_gflops``."""
+    macs = count_params_flops(deploy_model, shape)[1] * batch / 1e9
     return macs, 2 * macs / gemm_gflops * 1e3
 
 
@@ -338,7 +338,10 @@ def benchmark(config: str, args: argparse.Namespace,
     peers = [r['median_ms'] for r in rows if r['variant'] in PEERS]
     floor = None
     if gemm:
-        macs, floor = floor_ms(kwargs, whole, args.shape, args.batch, max(gemm.values()))
+        deploy_model = models.get('ours-deploy-auto')  # (the one timed, if it was)
+        if deploy_model is None:
+            deploy_model = reparameterize_model(build_ours(kwargs, whole)[0].eval())
+        macs, floor = floor_ms(deploy_model, args.shape, args.batch, max(gemm.values()))
         rates = ', '.join(f'{name[5:]} {rate:.0f}' for name, rate in gemm.items())
         notes.append(f'{config}: floor {macs:.2f} G multiply-adds = {2 * macs:.1f} GFLOP at the '
                      f'best GEMM rate of this run ({rates} GFLOP/s) = {floor:.1f} ms')

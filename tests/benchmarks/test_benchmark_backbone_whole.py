@@ -1,0 +1,34 @@
+"""tools/analysis_tools/benchmark_backbone.py --whole on the demo UperNet at 64 x 64: the deploy
+and inference forms against ONNX Runtime and OpenVINO (test requirements) on the exported graph,
+with the GEMM floor and the ratios to the faster peer."""
+import csv
+import os.path as osp
+import subprocess
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark_backbone.py')
+CONFIG = osp.join('configs', 'demo', 'upernet_replknet-demo_ade20k-demo.py')
+
+
+def test_whole_segmentor_against_the_onnx_runtimes(tmp_path):
+    proc = subprocess.run([sys.executable, TOOL, CONFIG, '--whole', '--shape', '64', '64',
+                           '--modes', 'forward', '--repeats', '2', '--warmup', '1',
+                           '--settle', '0', '--threads', '1', '--no-memory',
+                           '--out', str(tmp_path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout
+    with open(tmp_path / 'benchmark.csv') as f:
+        rows = {r['variant']: r for r in csv.DictReader(f)}
+    assert list(rows) == ['ours-deploy-auto', 'ours-inference', 'onnxruntime', 'openvino']
+    times = {v: float(r['median_ms']) for v, r in rows.items()}
+    assert all(t > 0 for t in times.values())
+    faster_peer = min(times['onnxruntime'], times['openvino'])
+    for variant, row in rows.items():
+        assert abs(float(row['speedup_vs_best_peer']) - faster_peer / times[variant]) < 0.02
+        assert float(row['floor_fraction']) > 0
+    text = (tmp_path / 'benchmark.md').read_text()
+    assert f'whole model of {CONFIG}' in text and '1 threads' in text
+    # the floor: the deploy form's multiply-adds at the faster GEMM rate of the same run
+    floor_note = next(line for line in text.splitlines() if 'G multiply-adds' in line)
+    assert 'torch.mm' in floor_note and '1x1 conv channels_last' in floor_note
