@@ -8,9 +8,11 @@ re-parameterized branches) and keeps the checkpoints in that form:
   conv has no padding); UniRepLKNet's linear layers become 1x1 convs;
 - the ReLU / GELU after a conv and the residual add after a block's last 1x1 conv run inside that
   conv (oneDNN post-ops), with the conv weights packed once for oneDNN;
-- UniRepLKNet's SE runs its two 1x1 convs as matrix products on the pooled ``(N, C)`` vectors, and
-  its GRN reduces over the spatial dimensions of the ``(N, C, H, W)`` tensor directly; both scale
-  their input in place where it is a fresh intermediate;
+- UniRepLKNet's SE and GRN each run as one reduction over the pixels and one in-place scaling
+  of their input (a fresh intermediate) in the package's extension
+  (:mod:`replk_mm.ops.channel_scale`); elsewhere (autograd, tracing, export) the SE's 1x1 convs
+  are matrix products on the pooled ``(N, C)`` vectors and the GRN reduces over the spatial
+  dimensions of the ``(N, C, H, W)`` tensor (no permutes in an exported graph);
 - activations stay channels_last from the first conv to the last, so the depth-wise kernels, the
   LayerNorms and UniRepLKNet's channel-wise layers read them without layout conversions (mmcv's
   compiled ops, which may assume NCHW memory, get contiguous inputs).
@@ -31,6 +33,7 @@ from ..models.layers import GRN, ConvBN, SEBlock, UniRepLKNetBlock, reparameteri
 from ..models.layers.batch_norm import UNFUSED_ACTIVATIONS, activation_name
 from ..models.layers.reparam import fuse_bn_conv, fuse_conv_bn
 from ..ops import DepthwiseConv2d
+from ..ops.channel_scale import fused_scale_applies, grn_scale_, se_scale_
 
 
 def _onednn_applies(x: torch.Tensor) -> bool:
@@ -169,9 +172,11 @@ def _inplace_ok(x: torch.Tensor) -> bool:
 
 
 class InferenceSE(nn.Module):
-    """A :class:`~replk_mm.models.layers.SEBlock` whose 1x1 convs run as matrix products on the
-    pooled ``(N, C)`` vectors (no oneDNN call for a 1x1 image). ``(N, C, H, W) -> (N, C, H, W)``;
-    with ``inplace`` it scales its input in place (the caller's fresh intermediate)."""
+    """A :class:`~replk_mm.models.layers.SEBlock` for inference: ``(N, C, H, W) -> (N, C, H, W)``.
+
+    With ``inplace`` it scales its input (the caller's fresh intermediate) in place, through
+    :func:`~replk_mm.ops.channel_scale.se_scale_` where that applies; otherwise its 1x1 convs run
+    as matrix products on the pooled ``(N, C)`` vectors (no oneDNN call for a 1x1 image)."""
 
     def __init__(self, se: SEBlock, inplace: bool) -> None:
         super().__init__()
@@ -182,6 +187,8 @@ class InferenceSE(nn.Module):
         self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace and _inplace_ok(x) and fused_scale_applies(x):
+            return se_scale_(x, self.down_weight, self.down_bias, self.up_weight, self.up_bias)
         s = F.relu(F.linear(x.mean((2, 3)), self.down_weight, self.down_bias))
         s = torch.sigmoid(F.linear(s, self.up_weight, self.up_bias))[:, :, None, None]
         return x.mul_(s) if self.inplace and _inplace_ok(x) else x * s
@@ -190,7 +197,8 @@ class InferenceSE(nn.Module):
 class InferenceGRN(nn.Module):
     """A :class:`~replk_mm.models.layers.GRN` applied to ``(N, C, H, W)``: the norms reduce over
     the spatial dimensions directly (no permutes, none in an exported graph either), and the
-    input is scaled once, in place with ``inplace``."""
+    input is scaled once: in place with ``inplace``, through
+    :func:`~replk_mm.ops.channel_scale.grn_scale_` where that applies."""
 
     def __init__(self, grn: GRN, inplace: bool) -> None:
         super().__init__()
@@ -200,6 +208,9 @@ class InferenceGRN(nn.Module):
         self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace and _inplace_ok(x) and fused_scale_applies(x):
+            out = grn_scale_(x, self.gamma, self.eps)
+            return out if self.beta is None else out + self.beta
         g = x.square().sum(dim=(2, 3)).sqrt()  # (N, C)
         scale = (self.gamma * g / (g.mean(dim=1, keepdim=True) + self.eps) + 1)[:, :, None, None]
         out = x.mul_(scale) if self.inplace and _inplace_ok(x) else x * scale

@@ -147,7 +147,8 @@ def test_grn_inference_norm_equals_the_autograd_one() -> None:
 @pytest.mark.parametrize('with_beta', [False, True])
 def test_se_and_grn_inference_modules(with_beta: bool) -> None:
     """InferenceSE / InferenceGRN on (N, C, H, W) compute SEBlock / GRN (which takes NHWC); they
-    scale a channels_last input in place without autograd, and leave it alone under autograd."""
+    scale their input in place without autograd (the extension's ops on channels_last, PyTorch on
+    NCHW), and leave it alone under autograd."""
     torch.manual_seed(0)
     se, grn = SEBlock(16, 4), GRN(16, bias=with_beta)
     with torch.no_grad():
@@ -162,9 +163,11 @@ def test_se_and_grn_inference_modules(with_beta: bool) -> None:
         out = module(tracked)  # autograd: a new tensor, the input untouched
         assert out.data_ptr() != tracked.data_ptr() and torch.equal(tracked.detach(), x)
         assert relative_error([reference], [out.detach()]) <= TOLERANCE
-        fresh = x.clone(memory_format=torch.channels_last)
-        with torch.no_grad():
-            out = module(fresh)
-        assert out.data_ptr() == fresh.data_ptr() or with_beta  # (beta adds a new tensor)
-        assert relative_error([reference], [out]) <= TOLERANCE
+        # channels_last: the extension's op; NCHW: the PyTorch formulas
+        for memory_format in (torch.channels_last, torch.contiguous_format):
+            fresh = x.clone(memory_format=memory_format)
+            with torch.no_grad():
+                out = module(fresh)
+            assert out.data_ptr() == fresh.data_ptr() or with_beta  # (beta adds a new tensor)
+            assert relative_error([reference], [out]) <= TOLERANCE
         assert not any(p.requires_grad for p in module.parameters())

@@ -23,14 +23,10 @@
 #include <tuple>
 #include <type_traits>
 
+#include "multiversion.h"
+
 namespace replk::cpu {
 namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define REPLK_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define REPLK_MULTIVERSION
-#endif
 
 enum class Activation { kNone, kReLU, kGELU };
 
