@@ -7,54 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import replk_mm._ext_cuda_emu  # noqa: F401  (registers torch.ops.replk_mm_emu)
+from dw_testing import assert_matches, check_all, make_inputs, reference
 
 EMU = torch.ops.replk_mm_emu
-# Largest error allowed, as a fraction of the reference's largest magnitude: fp32 accumulation in
-# every dtype, so the error is the output rounding of the dtype (fp32: summation order over up to
-# 10^5 terms in the weight gradient).
-TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def make_inputs(n, c, h, w, k, dtype, channels_last, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c, h, w, generator=g).to(dtype)
-    weight = torch.randn(c, 1, k, k, generator=g).to(dtype)
-    bias = torch.randn(c, generator=g).to(dtype)
-    grad_out = torch.randn(n, c, h, w, generator=g).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-    return x, weight, bias, grad_out
-
-
-def reference(x, weight, bias, grad_out):
-    """fp32 forward, input, weight and bias gradients of the same (rounded) inputs."""
-    x = x.float().requires_grad_()
-    weight = weight.float().requires_grad_()
-    bias = bias.float().requires_grad_()
-    y = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
-    y.backward(grad_out.float())
-    return y.detach(), x.grad, weight.grad, bias.grad
-
-
-def assert_matches(actual, expected, dtype, what):
-    assert actual.dtype == dtype, what
-    err = (actual.float() - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    assert err <= TOLERANCE[dtype] * scale + 1e-30, f'{what}: max error {err:.3g} vs scale {scale:.3g}'
-
-
-def check_all(n, c, h, w, k, dtype, channels_last):
-    x, weight, bias, grad_out = make_inputs(n, c, h, w, k, dtype, channels_last)
-    y_ref, gx_ref, gw_ref, gb_ref = reference(x, weight, bias, grad_out)
-    y = EMU.dwconv2d_forward(x, weight, bias)
-    assert_matches(y, y_ref, dtype, 'forward')
-    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    assert_matches(EMU.dwconv2d_backward_input(grad_out, weight), gx_ref, dtype, 'grad input')
-    gw, gb = EMU.dwconv2d_backward_weight(grad_out, x, k, True)
-    assert gw.shape == (c, 1, k, k)
-    assert_matches(gw, gw_ref, dtype, 'grad weight')
-    assert_matches(gb, gb_ref, dtype, 'grad bias')
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
@@ -62,18 +17,18 @@ def check_all(n, c, h, w, k, dtype, channels_last):
 @pytest.mark.parametrize('k', [3, 7, 13, 31, 63])
 def test_kernels_match_conv2d(k, channels_last, dtype):
     # 5 channels: partial channel groups in channels_last; 37 x 35: partial 32 x 32 tiles.
-    check_all(2, 5, 37, 35, k, dtype, channels_last)
+    check_all(EMU, '', 2, 5, 37, 35, k, dtype, channels_last)
 
 
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'nhwc'])
 @pytest.mark.parametrize('shape', [(1, 3, 5, 40, 13), (2, 7, 29, 4, 31), (1, 1, 9, 9, 63), (3, 9, 1, 1, 5)])
 def test_images_smaller_than_the_kernel(shape, channels_last):
-    check_all(*shape, torch.float32, channels_last)
+    check_all(EMU, '', *shape, torch.float32, channels_last)
 
 
 def test_kernel_larger_than_63():
     # 65: more filter tap blocks than threads per channel (two rounds in the weight gradient).
-    check_all(1, 2, 20, 23, 65, torch.float32, channels_last=False)
+    check_all(EMU, '', 1, 2, 20, 23, 65, torch.float32, channels_last=False)
 
 
 def test_weight_grad_batch_split_over_blocks():

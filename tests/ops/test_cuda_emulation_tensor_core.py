@@ -6,15 +6,12 @@ channels_last and kernel sizes 3 to the largest the emulated device's shared mem
 errors (the determinism of the weight gradient is checked in test_cuda_emulation.py)."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import replk_mm._ext_cuda_emu  # noqa: F401  (registers torch.ops.replk_mm_emu)
+from dw_testing import check_all, make_inputs
 
 EMU = torch.ops.replk_mm_emu
 DTYPES = [torch.float16, torch.bfloat16]
-# Largest error allowed, as a fraction of the reference's largest magnitude: exact 16-bit products summed
-# in fp32, so the error is the output rounding of the dtype.
-TOLERANCE = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 # The largest K whose forward tiles fit the emulated device (Turing's 64 KiB per block); the weight
 # gradient takes up to 127 there.
 MAX_K = 89
@@ -79,52 +76,13 @@ def test_mma_with_a_divergent_warp_is_an_error():
                          active_lanes=16)
 
 
-def make_inputs(n, c, h, w, k, dtype, channels_last, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x, grad_out = (torch.randn(n, c, h, w, generator=g).to(dtype) for _ in range(2))
-    weight = torch.randn(c, 1, k, k, generator=g).to(dtype)
-    bias = torch.randn(c, generator=g).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-    return x, weight, bias, grad_out
-
-
-def reference(x, weight, bias, grad_out):
-    """float64 forward, input, weight and bias gradients of the same (rounded) inputs."""
-    x, weight, bias = (t.double().requires_grad_() for t in (x, weight, bias))
-    y = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
-    y.backward(grad_out.double())
-    return y.detach(), x.grad, weight.grad, bias.grad
-
-
-def assert_matches(actual, expected, dtype, what):
-    assert actual.dtype == dtype, what
-    err = (actual.double() - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    assert err <= TOLERANCE[dtype] * scale, f'{what}: max error {err:.3g} vs scale {scale:.3g}'
-
-
-def check_all(n, c, h, w, k, dtype, channels_last):
-    x, weight, bias, grad_out = make_inputs(n, c, h, w, k, dtype, channels_last)
-    y_ref, gx_ref, gw_ref, gb_ref = reference(x, weight, bias, grad_out)
-    y = EMU.dwconv2d_forward_tc(x, weight, bias)
-    assert_matches(y, y_ref, dtype, f'forward K={k}')
-    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    assert_matches(EMU.dwconv2d_backward_input_tc(grad_out, weight), gx_ref, dtype, f'grad input K={k}')
-    gw, gb = EMU.dwconv2d_backward_weight_tc(grad_out, x, k, True)
-    assert gw.shape == (c, 1, k, k)
-    assert_matches(gw, gw_ref, dtype, f'grad weight K={k}')
-    assert_matches(gb, gb_ref, dtype, f'grad bias K={k}')
-
-
 @pytest.mark.parametrize('dtype', DTYPES, ids=['fp16', 'bf16'])
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'nhwc'])
 @pytest.mark.parametrize('k', [3, 9, 13, 25])
 def test_kernels_match_conv2d(k, channels_last, dtype):
     # 3 channels: a partial channel group in channels_last; 70 x 35: partial 64 x 32 and 32 x 32 tiles;
     # K = 9 and 25 fill their 1 and 2 band steps exactly.
-    check_all(2, 3, 70, 35, k, dtype, channels_last)
+    check_all(EMU, '_tc', 2, 3, 70, 35, k, dtype, channels_last)
 
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=['fp16', 'bf16'])
@@ -133,7 +91,7 @@ def test_kernels_match_conv2d(k, channels_last, dtype):
 def test_large_kernels_match_conv2d(k, channels_last, dtype):
     # Several filter-row blocks and column chunks in the weight gradient (rounds of items at 63 and 89);
     # images smaller than K.
-    check_all(1, 3, 21, 40, k, dtype, channels_last)
+    check_all(EMU, '_tc', 1, 3, 21, 40, k, dtype, channels_last)
 
 
 def test_errors_name_the_problem():

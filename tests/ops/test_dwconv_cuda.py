@@ -1,14 +1,18 @@
 """The CUDA kernels of replk_mm::dwconv2d_* on a real GPU (run by themselves when one is present):
 correctness against F.conv2d for every dtype and layout (and of the tensor-core kernels, *_tc, for fp16 /
 bf16 on compute capability 8.0+), streams, determinism, autocast, errors."""
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import dw_testing
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
 OPS = torch.ops.replk_mm
-TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+make_inputs = functools.partial(dw_testing.make_inputs, device='cuda')
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -16,31 +20,6 @@ def extension():
     import replk_mm._ext  # noqa: F401  (registers torch.ops.replk_mm)
     assert torch._C._dispatch_has_kernel_for_dispatch_key('replk_mm::dwconv2d_forward', 'CUDA'), (
         'replk_mm._ext was built without CUDA: reinstall with FORCE_CUDA=1 (see docs/cuda.md)')
-
-
-def make_inputs(n, c, h, w, k, dtype, channels_last):
-    g = torch.Generator(device='cuda').manual_seed(0)
-    x, grad_out = (torch.randn(n, c, h, w, device='cuda', generator=g).to(dtype) for _ in range(2))
-    weight = torch.randn(c, 1, k, k, device='cuda', generator=g).to(dtype)
-    bias = torch.randn(c, device='cuda', generator=g).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-    return x, weight, bias, grad_out
-
-
-def reference(x, weight, bias, grad_out):
-    x, weight, bias = (t.double().requires_grad_() for t in (x, weight, bias))
-    y = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
-    y.backward(grad_out.double())
-    return y.detach(), x.grad, weight.grad, bias.grad
-
-
-def assert_matches(actual, expected, dtype, what):
-    assert actual.dtype == dtype and actual.is_cuda, what
-    err = (actual.double() - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    assert err <= TOLERANCE[dtype] * scale, f'{what}: max error {err:.3g} vs scale {scale:.3g}'
 
 
 # (op suffix, dtype): the CUDA-core kernels in every dtype, the tensor-core kernels (_tc) in fp16 / bf16.
@@ -54,13 +33,7 @@ KERNELS = [('', torch.float32), ('', torch.float16), ('', torch.bfloat16), ('_tc
 def test_kernels_match_conv2d(k, channels_last, suffix, dtype):
     if suffix and torch.cuda.get_device_capability() < (8, 0):
         pytest.skip('the tensor-core kernels need compute capability 8.0+')
-    x, weight, bias, grad_out = make_inputs(3, 37, 45, 70, k, dtype, channels_last)
-    y_ref, gx_ref, gw_ref, gb_ref = reference(x, weight, bias, grad_out)
-    assert_matches(getattr(OPS, f'dwconv2d_forward{suffix}')(x, weight, bias), y_ref, dtype, 'forward')
-    assert_matches(getattr(OPS, f'dwconv2d_backward_input{suffix}')(grad_out, weight), gx_ref, dtype, 'grad input')
-    gw, gb = getattr(OPS, f'dwconv2d_backward_weight{suffix}')(grad_out, x, k, True)
-    assert_matches(gw, gw_ref, dtype, 'grad weight')
-    assert_matches(gb, gb_ref, dtype, 'grad bias')
+    dw_testing.check_all(OPS, suffix, 3, 37, 45, 70, k, dtype, channels_last, device='cuda')
 
 
 def test_current_stream_is_used():

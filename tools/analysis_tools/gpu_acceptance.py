@@ -23,6 +23,7 @@ import argparse
 import copy
 import csv
 import datetime
+import functools
 import io
 import os
 import re
@@ -118,6 +119,11 @@ class Context:
     device: torch.device
     sizes: Sizes
     rates: Optional[Tuple[float, float, str]] = None  # fp32 FLOP/s, bytes/s, where they come from
+
+    @functools.cached_property
+    def candidates(self) -> List['Candidate']:
+        """candidates(), built once on first use: by the op steps, after the build step."""
+        return candidates(self.args.emulate)
 
 
 @dataclass
@@ -257,7 +263,7 @@ def time_case(ctx: Context, n: int, r: int, k: int, dtype: torch.dtype, mode: st
     weights = [(torch.randn(c, 1, k, k, device=device, generator=gen) * (0.5 / k)).to(dtype)
                .requires_grad_(mode == 'forward_backward') for _ in range(layers)]
     fns, layers_timed = {}, {}
-    for cand in candidates(ctx.args.emulate):
+    for cand in ctx.candidates:
         if not cand.takes(dtype):
             continue
         try:
@@ -415,7 +421,7 @@ def step_table1(ctx: Context, result: Result) -> None:
     for mode in MODES:
         cells = {(r, k): time_case(ctx, s.table1_batch, r, k, torch.float32, mode, s.layers, result, 'table1')
                  for r in s.resolutions for k in s.kernels}
-        impls = [c.name for c in candidates(ctx.args.emulate) if c.takes(torch.float32)] + ['roofline']
+        impls = [c.name for c in ctx.candidates if c.takes(torch.float32)] + ['roofline']
         result.lines += [f'### {mode}', '', '| R | row | ' + ' | '.join(map(str, s.kernels)) + ' |',
                          '|---|---|' + '---|' * len(s.kernels)]
         for r in s.resolutions:
@@ -433,15 +439,15 @@ def step_headline(ctx: Context, result: Result) -> None:
     result.lines += [f'One layer on ({n}, {ctx.sizes.channels}, {r}, {r}), K = {k}; ms, best of '
                      f'{ctx.sizes.repeats}. Targets (docs/cuda.md, fp32): ours >= 5x PyTorch NCHW, '
                      ">= 1.5x PyTorch's faster layout, >= 60% of the fp32 roofline.", '',
-                     '| dtype | mode | ' + ' | '.join(c.name for c in candidates(ctx.args.emulate)) +
+                     '| dtype | mode | ' + ' | '.join(c.name for c in ctx.candidates) +
                      ' | roofline | ours, % roofline | ours / NCHW | ours / best PyTorch |',
-                     '|---|---|' + '---|' * (len(candidates(ctx.args.emulate)) + 4)]
+                     '|---|---|' + '---|' * (len(ctx.candidates) + 4)]
     verdicts = []
     for dtype in ctx.sizes.headline_dtypes:
         for mode in MODES:
             ms = time_case(ctx, n, r, k, dtype, mode, 1, result, 'headline')
             cells = [f'{ms[c.name]:.2f}' if c.name in ms else 'error' if c.takes(dtype) else 'n/a'
-                     for c in candidates(ctx.args.emulate)]
+                     for c in ctx.candidates]
             pct, vs_nchw, vs_best = speedup_cells(ms)
             result.lines.append(f'| {str(dtype)[6:]} | {mode} | ' + ' | '.join(cells) +
                                 f" | {ms['roofline']:.2f} | {pct} | {vs_nchw} | {vs_best} |")

@@ -232,6 +232,18 @@ REPLK_UNROLL
   }
 }
 
+// Element i of a block's partial weight or bias gradient (`count` elements: C * K*K weights or C biases):
+// written to partial p of [partials][count] (deterministic mode) or added into the one sum [count]
+// (atomic mode). Shared by dwconv_weight_grad_kernel and dwconv_weight_grad_tc_kernel.
+__device__ __forceinline__ void store_partial(float* __restrict__ partial, int64_t p, int64_t count, int64_t i,
+                                              float value, bool atomic) {
+  if (atomic) {
+    atomicAdd(partial + i, value);
+  } else {
+    partial[p * count + i] = value;
+  }
+}
+
 // Partial weight (and bias) gradients of one (spatial tile, channel group, image chunk) block:
 //   dW[c, kh, kw] += sum_{n, oy, ox} dy[n, c, oy, ox] * x[n, c, oy + kh - K/2, ox + kw - K/2]
 //   db[c] += sum_{n, oy, ox} dy[n, c, oy, ox]
@@ -363,27 +375,17 @@ REPLK_UNROLL
     }
     const int kk = k * k;
     const int64_t p = chunk * tiles + tile;
-    float* dst_w = atomic ? partial_w + c * kk : partial_w + (p * g.channels + c) * kk;
 REPLK_UNROLL
     for (int j = 0; j < kRows; ++j) {
 REPLK_UNROLL
       for (int u = 0; u < kCols; ++u) {
         if (kh0 + j < k && kw0 + u < k) {
-          const int tap = (kh0 + j) * k + kw0 + u;
-          if (atomic) {
-            atomicAdd(dst_w + tap, acc[j][u]);
-          } else {
-            dst_w[tap] = acc[j][u];
-          }
+          store_partial(partial_w, p, g.channels * kk, c * kk + (kh0 + j) * k + kw0 + u, acc[j][u], atomic);
         }
       }
     }
     if (partial_b != nullptr && tb == 0) {
-      if (atomic) {
-        atomicAdd(partial_b + c, bias_acc);
-      } else {
-        partial_b[p * g.channels + c] = bias_acc;
-      }
+      store_partial(partial_b, p, g.channels, c, bias_acc, atomic);
     }
   }
 }

@@ -270,7 +270,6 @@ REPLK_UNROLL
     }
     const int kk = k * k;
     const int64_t p = chunk * tiles + tile;
-    float* dst_w = atomic ? partial_w + c * kk : partial_w + (p * g.channels + c) * kk;
 REPLK_UNROLL
     for (int nb = 0; nb < kTcBlocksN; ++nb) {
 REPLK_UNROLL
@@ -278,11 +277,7 @@ REPLK_UNROLL
         const int kh = kh0 + mma::accum_row(i);
         const int kw = kw0 + 8 * nb + mma::accum_col(i);
         if (kh < k && kw < k) {
-          if (atomic) {
-            atomicAdd(dst_w + kh * k + kw, acc[nb].v[i]);
-          } else {
-            dst_w[kh * k + kw] = acc[nb].v[i];
-          }
+          store_partial(partial_w, p, g.channels * kk, c * kk + kh * k + kw, acc[nb].v[i], atomic);
         }
       }
     }
@@ -300,11 +295,7 @@ REPLK_UNROLL
     for (int l = 0; l < mma::kWarpSize; ++l) {
       sum += bias_s[threadIdx.x * mma::kWarpSize + l];
     }
-    if (atomic) {
-      atomicAdd(partial_b + c, sum);
-    } else {
-      partial_b[(chunk * tiles + tile) * g.channels + c] = sum;
-    }
+    store_partial(partial_b, chunk * tiles + tile, g.channels, c, sum, atomic);
   }
 #else
   __trap();
