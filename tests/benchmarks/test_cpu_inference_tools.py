@@ -1,6 +1,6 @@
-"""tools/analysis_tools/benchmark_backbone.py --whole on the demo UperNet at 64 x 64: the deploy
-and inference forms against ONNX Runtime and OpenVINO (test requirements) on the exported graph,
-with the GEMM floor and the ratios to the faster peer."""
+"""tools/analysis_tools/benchmark_backbone.py --whole and profile_inference.py on the demo UperNet
+at 64 x 64: the deploy and inference forms against ONNX Runtime and OpenVINO (test requirements)
+on the exported graph, with the GEMM floor and the ratios to the faster peer; the profiles."""
 import csv
 import os.path as osp
 import subprocess
@@ -32,3 +32,17 @@ def test_whole_segmentor_against_the_onnx_runtimes(tmp_path):
     # the floor: the deploy form's multiply-adds at the faster GEMM rate of the same run
     floor_note = next(line for line in text.splitlines() if 'G multiply-adds' in line)
     assert 'torch.mm' in floor_note and '1x1 conv channels_last' in floor_note
+
+
+def test_profile_inference_tables(tmp_path):
+    """tools/analysis_tools/profile_inference.py: the inference form's operators (fused oneDNN
+    convs among them) and OpenVINO's layers, per forward."""
+    tool = osp.join(ROOT, 'tools', 'analysis_tools', 'profile_inference.py')
+    proc = subprocess.run([sys.executable, tool, CONFIG, '--shape', '64', '64', '--threads', '1',
+                           '--repeats', '1', '--out', str(tmp_path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout
+    text = (tmp_path / 'profile.md').read_text()
+    ours, openvino = text.split('### ')[1:]
+    assert ours.startswith('replk_mm') and '| mkldnn::_convolution_pointwise |' in ours
+    assert openvino.startswith('OpenVINO') and '| Convolution (' in openvino
