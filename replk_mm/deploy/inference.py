@@ -166,54 +166,51 @@ def _frozen(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t.detach().clone(), requires_grad=False)
 
 
-def _inplace_ok(x: torch.Tensor) -> bool:
-    """In-place scaling of a fresh intermediate: only where no autograd or tracing sees it."""
-    return _onednn_applies(x)
-
-
 class InferenceSE(nn.Module):
     """A :class:`~replk_mm.models.layers.SEBlock` for inference: ``(N, C, H, W) -> (N, C, H, W)``.
 
-    With ``inplace`` it scales its input (the caller's fresh intermediate) in place, through
-    :func:`~replk_mm.ops.channel_scale.se_scale_` where that applies; otherwise its 1x1 convs run
-    as matrix products on the pooled ``(N, C)`` vectors (no oneDNN call for a 1x1 image)."""
+    Its input must be a fresh intermediate that nothing else reads: where no autograd or tracing
+    sees it, it is scaled in place, through :func:`~replk_mm.ops.channel_scale.se_scale_` where
+    that applies; otherwise the 1x1 convs run as matrix products on the pooled ``(N, C)`` vectors
+    (no oneDNN call for a 1x1 image)."""
 
-    def __init__(self, se: SEBlock, inplace: bool) -> None:
+    def __init__(self, se: SEBlock) -> None:
         super().__init__()
         self.down_weight = _frozen(se.down.weight[:, :, 0, 0])
         self.down_bias = _frozen(se.down.bias)
         self.up_weight = _frozen(se.up.weight[:, :, 0, 0])
         self.up_bias = _frozen(se.up.bias)
-        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inplace and _inplace_ok(x) and fused_scale_applies(x):
+        inplace = _onednn_applies(x)  # (no autograd or tracing sees x)
+        if inplace and fused_scale_applies(x):
             return se_scale_(x, self.down_weight, self.down_bias, self.up_weight, self.up_bias)
         s = F.relu(F.linear(x.mean((2, 3)), self.down_weight, self.down_bias))
         s = torch.sigmoid(F.linear(s, self.up_weight, self.up_bias))[:, :, None, None]
-        return x.mul_(s) if self.inplace and _inplace_ok(x) else x * s
+        return x.mul_(s) if inplace else x * s
 
 
 class InferenceGRN(nn.Module):
     """A :class:`~replk_mm.models.layers.GRN` applied to ``(N, C, H, W)``: the norms reduce over
     the spatial dimensions directly (no permutes, none in an exported graph either), and the
-    input is scaled once: in place with ``inplace``, through
+    input is scaled once. Its input must be a fresh intermediate that nothing else reads: where no
+    autograd or tracing sees it, it is scaled in place, through
     :func:`~replk_mm.ops.channel_scale.grn_scale_` where that applies."""
 
-    def __init__(self, grn: GRN, inplace: bool) -> None:
+    def __init__(self, grn: GRN) -> None:
         super().__init__()
         self.gamma = _frozen(grn.gamma.reshape(-1))
         self.beta = None if grn.beta is None else _frozen(grn.beta.reshape(-1, 1, 1))
         self.eps = grn.eps
-        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inplace and _inplace_ok(x) and fused_scale_applies(x):
+        inplace = _onednn_applies(x)  # (no autograd or tracing sees x)
+        if inplace and fused_scale_applies(x):
             out = grn_scale_(x, self.gamma, self.eps)
-            return out if self.beta is None else out + self.beta
-        g = x.square().sum(dim=(2, 3)).sqrt()  # (N, C)
-        scale = (self.gamma * g / (g.mean(dim=1, keepdim=True) + self.eps) + 1)[:, :, None, None]
-        out = x.mul_(scale) if self.inplace and _inplace_ok(x) else x * scale
+        else:
+            g = x.square().sum(dim=(2, 3)).sqrt()  # (N, C)
+            scale = self.gamma * g / (g.mean(dim=1, keepdim=True) + self.eps) + 1
+            out = x.mul_(scale[:, :, None, None]) if inplace else x * scale[:, :, None, None]
         return out if self.beta is None else out + self.beta
 
 
@@ -251,8 +248,8 @@ def _unireplknet_block(block: UniRepLKNetBlock) -> Optional[nn.Module]:
     pw1 = FusedConv2d.from_linear(block.pwconv1[1], 'gelu')
     pw2 = FusedConv2d.from_linear(block.pwconv2[0])
     # the SE scales the depth-wise output and the GRN pw1's output: fresh tensors, in place
-    return FusedResidualBlock(nn.Sequential(block.dwconv, InferenceSE(block.se, inplace=True)),
-                              pw1, InferenceGRN(block.act[1], inplace=True), pw2)
+    return FusedResidualBlock(nn.Sequential(block.dwconv, InferenceSE(block.se)), pw1,
+                              InferenceGRN(block.act[1]), pw2)
 
 
 def _conv_bn(module: ConvBN) -> Optional[nn.Module]:

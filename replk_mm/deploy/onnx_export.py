@@ -136,10 +136,12 @@ def openvino_runtime():
     return openvino
 
 
-def compile_openvino(path: str, shape: Sequence[int], threads: Optional[int] = None):
+def compile_openvino(path: str, shape: Sequence[int], threads: Optional[int] = None,
+                     profile: bool = False):
     """The ONNX file compiled by OpenVINO for its CPU at a static input ``shape``, float32
     (``INFERENCE_PRECISION_HINT``; the default may be bf16), latency hint; ``threads`` sets
-    ``INFERENCE_NUM_THREADS``. Call the result with a NumPy batch."""
+    ``INFERENCE_NUM_THREADS``; ``profile`` turns on the per-layer counters (``PERF_COUNT``, read
+    from an infer request's ``profiling_info``). Call the result with a NumPy batch."""
     ov = openvino_runtime()
     core = ov.Core()
     graph = core.read_model(path)
@@ -147,6 +149,8 @@ def compile_openvino(path: str, shape: Sequence[int], threads: Optional[int] = N
     config = {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'f32'}
     if threads:
         config['INFERENCE_NUM_THREADS'] = threads
+    if profile:
+        config['PERF_COUNT'] = True
     return core.compile_model(graph, 'CPU', config)
 
 

@@ -7,15 +7,10 @@ the pixels and one scaling pass in the package's extension (``replk_mm::grn_scal
 """
 import torch
 
-from .dwconv_ext import extension_loaded
+from .dwconv_ext import registered_kernels
 
-
-def _has_cpu_kernel(op: str) -> bool:
-    return (extension_loaded() and hasattr(torch.ops.replk_mm, op)
-            and torch._C._dispatch_has_kernel_for_dispatch_key(f'replk_mm::{op}', 'CPU'))
-
-
-_AVAILABLE = _has_cpu_kernel('grn_scale_') and _has_cpu_kernel('se_scale_')
+_AVAILABLE = all(registered_kernels(f'replk_mm::{op}').get('cpu', False)
+                 for op in ('grn_scale_', 'se_scale_'))
 
 
 def fused_scale_applies(x: torch.Tensor) -> bool:

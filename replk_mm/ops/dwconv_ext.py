@@ -30,7 +30,7 @@ def extension_loaded() -> bool:
     return _LOAD_ERROR is None
 
 
-def _registered_kernels(op: str) -> dict:
+def registered_kernels(op: str) -> dict:
     """device type -> whether the extension has kernels of `op` for it ({} without the op)."""
     if not extension_loaded() or not hasattr(torch.ops.replk_mm, op.split('::')[1]):
         return {}
@@ -40,8 +40,8 @@ def _registered_kernels(op: str) -> dict:
     }
 
 
-_KERNELS = _registered_kernels('replk_mm::dwconv2d_forward')
-_TC_KERNELS = _registered_kernels('replk_mm::dwconv2d_forward_tc')
+_KERNELS = registered_kernels('replk_mm::dwconv2d_forward')
+_TC_KERNELS = registered_kernels('replk_mm::dwconv2d_forward_tc')
 
 
 def _has_kernel(device: torch.device) -> bool:

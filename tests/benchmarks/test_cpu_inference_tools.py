@@ -7,17 +7,21 @@ import subprocess
 import sys
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark_backbone.py')
 CONFIG = osp.join('configs', 'demo', 'upernet_replknet-demo_ade20k-demo.py')
 
 
-def test_whole_segmentor_against_the_onnx_runtimes(tmp_path):
-    proc = subprocess.run([sys.executable, TOOL, CONFIG, '--whole', '--shape', '64', '64',
-                           '--modes', 'forward', '--repeats', '2', '--warmup', '1',
-                           '--settle', '0', '--threads', '1', '--no-memory',
-                           '--out', str(tmp_path)],
+def run_tool(script: str, *args: str) -> None:
+    """``tools/analysis_tools/{script} CONFIG args`` in a fresh interpreter; it must exit 0."""
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'analysis_tools', script),
+                           CONFIG, *args],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_whole_segmentor_against_the_onnx_runtimes(tmp_path):
+    run_tool('benchmark_backbone.py', '--whole', '--shape', '64', '64', '--modes', 'forward',
+             '--repeats', '2', '--warmup', '1', '--settle', '0', '--threads', '1', '--no-memory',
+             '--out', str(tmp_path))
     with open(tmp_path / 'benchmark.csv') as f:
         rows = {r['variant']: r for r in csv.DictReader(f)}
     assert list(rows) == ['ours-deploy-auto', 'ours-inference', 'onnxruntime', 'openvino']
@@ -37,11 +41,8 @@ def test_whole_segmentor_against_the_onnx_runtimes(tmp_path):
 def test_profile_inference_tables(tmp_path):
     """tools/analysis_tools/profile_inference.py: the inference form's operators (fused oneDNN
     convs among them) and OpenVINO's layers, per forward."""
-    tool = osp.join(ROOT, 'tools', 'analysis_tools', 'profile_inference.py')
-    proc = subprocess.run([sys.executable, tool, CONFIG, '--shape', '64', '64', '--threads', '1',
-                           '--repeats', '1', '--out', str(tmp_path)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout
+    run_tool('profile_inference.py', '--shape', '64', '64', '--threads', '1', '--repeats', '1',
+             '--out', str(tmp_path))
     text = (tmp_path / 'profile.md').read_text()
     ours, openvino = text.split('### ')[1:]
     assert ours.startswith('replk_mm') and '| mkldnn::_convolution_pointwise |' in ours

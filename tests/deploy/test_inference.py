@@ -157,7 +157,7 @@ def test_se_and_grn_inference_modules(with_beta: bool) -> None:
     x = torch.randn(2, 16, 7, 9).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         expected = [se(x), grn(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)]
-    modules = [InferenceSE(se, inplace=True), InferenceGRN(grn, inplace=True)]
+    modules = [InferenceSE(se), InferenceGRN(grn)]
     for module, reference in zip(modules, expected):
         tracked = x.clone().requires_grad_()
         out = module(tracked)  # autograd: a new tensor, the input untouched

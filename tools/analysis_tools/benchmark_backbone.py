@@ -24,13 +24,13 @@ Runs are interleaved (A, B, C, A, B, C, ...) after warm-up, and each variant's m
 so load on a shared machine hits every variant alike. On the CPU each timed run starts after
 ``--settle`` idle seconds (0.1): the thread pools of the three runtimes share the process, and
 one that spins after its run (ONNX Runtime's does, for tens of ms) would slow the next one down
-(measured: the GEMMs of the floor ran at half speed right after ONNX Runtime without it). In forward mode two GEMMs run in the same
-rounds (``torch.mm`` and a channels_last 1x1 conv through oneDNN, 1024 x 1024 x 1024); the faster
-sets the floor, 2 x multiply-adds (MMEngine's counter, ``get_flops.py``) over that rate, and each
-row reports the fraction of the floor it reaches and its speed relative to the faster peer. Peak
-memory: what one pass allocates at its peak beyond the weights and input (CUDA: the allocator's
-statistics; CPU: the profiler's allocation events; not measured for the peers). Writes
-``benchmark.md`` and ``benchmark.csv`` into ``--out``.
+(measured: the GEMMs of the floor ran at half speed right after ONNX Runtime without it). In
+forward mode two GEMMs run in the same rounds (``torch.mm`` and a channels_last 1x1 conv through
+oneDNN, 1024 x 1024 x 1024); the faster sets the floor, 2 x multiply-adds (MMEngine's counter,
+``get_flops.py``) over that rate, and each row reports the fraction of the floor it reaches and
+its speed relative to the faster peer. Peak memory: what one pass allocates at its peak beyond
+the weights and input (CUDA: the allocator's statistics; CPU: the profiler's allocation events;
+not measured for the peers). Writes ``benchmark.md`` and ``benchmark.csv`` into ``--out``.
 """
 import argparse
 import importlib.util

@@ -24,7 +24,8 @@ from replk_mm.deploy import build_model, optimize_for_inference
 from replk_mm.deploy.atomic import write_text_atomic
 from replk_mm.deploy.converter import load_config
 from replk_mm.deploy.equivalence import model_kind
-from replk_mm.deploy.onnx_export import (InferenceModule, export_onnx, openvino_runtime)
+from replk_mm.deploy.onnx_export import (InferenceModule, compile_openvino, export_onnx,
+                                         openvino_runtime)
 
 Rows = List[Tuple[str, float, int]]  # (operator, ms per forward, calls per forward)
 
@@ -41,14 +42,7 @@ def profile_ours(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> Rows
 
 
 def profile_openvino(path: str, x: torch.Tensor, threads: int, repeats: int) -> Rows:
-    ov = openvino_runtime()
-    core = ov.Core()
-    graph = core.read_model(path)
-    graph.reshape({graph.inputs[0].any_name: list(x.shape)})
-    compiled = core.compile_model(graph, 'CPU', {
-        'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'f32',
-        'INFERENCE_NUM_THREADS': threads, 'PERF_COUNT': True})
-    request = compiled.create_infer_request()
+    request = compile_openvino(path, x.shape, threads, profile=True).create_infer_request()
     for _ in range(2):
         request.infer([x.numpy()])
     ms: Dict[str, float] = collections.defaultdict(float)
