@@ -34,6 +34,8 @@ from ..models.layers.batch_norm import UNFUSED_ACTIVATIONS, activation_name
 from ..models.layers.reparam import fuse_bn_conv, fuse_conv_bn
 from ..ops import DepthwiseConv2d
 from ..ops.channel_scale import fused_scale_applies, grn_scale_, se_scale_
+from ..ops.winograd import (pack_winograd_weight, winograd_applies, winograd_conv3x3,
+                            winograd_tiles)
 
 
 def _onednn_applies(x: torch.Tensor) -> bool:
@@ -74,6 +76,10 @@ class FusedConv2d(nn.Module):
         self.groups = groups
         self.activation = activation
         self._packed: Optional[Tuple[tuple, torch.Tensor]] = None
+        self._winograd_packed: Optional[Tuple[tuple, List[torch.Tensor]]] = None
+        # a 3x3 conv, stride 1, padding 1, no groups: Winograd F(2x2, 3x3) where it pays
+        self.winograd = (tuple(weight.shape[2:]) == (3, 3) and self.stride == [1, 1]
+                         and self.padding == [1, 1] and self.dilation == [1, 1] and groups == 1)
 
     @classmethod
     def from_conv(cls, conv: nn.Module, before: Optional[nn.Module] = None,
@@ -104,9 +110,9 @@ class FusedConv2d(nn.Module):
         return cls(linear.weight[:, :, None, None], bias, (1, 1), (0, 0), (1, 1), 1, activation)
 
     def __getstate__(self) -> dict:
-        # the packed weight is an opaque oneDNN tensor (no storage): never copied or pickled,
+        # the packed weights are opaque oneDNN tensors (no storage): never copied or pickled,
         # packed again on the next call
-        return dict(self.__dict__, _packed=None)
+        return dict(self.__dict__, _packed=None, _winograd_packed=None)
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The weight in oneDNN's blocked layout, packed on the first call (and again after the
@@ -119,10 +125,22 @@ class FusedConv2d(nn.Module):
             self._packed = (key, packed)
         return self._packed[1]
 
+    def _winograd_weights(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The 16 Winograd-transformed weights packed for oneDNN on the first call (for the
+        tiles of that ``x``; other sizes run them as they are) and after the weight changed."""
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self._winograd_packed is None or self._winograd_packed[0] != key:
+            self._winograd_packed = (key, pack_winograd_weight(self.weight, winograd_tiles(x)))
+        return self._winograd_packed[1]
+
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``act(conv(x) + bias + residual)``; ``residual`` has the output's shape."""
         if _onednn_applies(x) and (residual is None or _onednn_applies(residual)):
             x = x.contiguous(memory_format=torch.channels_last)
+            if self.winograd and residual is None and winograd_applies(x, self.weight):
+                y = winograd_conv3x3(x, self._winograd_weights(x), self.bias,
+                                     self.activation == 'relu')
+                return torch.ops.aten.gelu_(y) if self.activation == 'gelu' else y
             weight = self._packed_weight(x)
             algorithm = 'none' if self.activation == 'gelu' else ''
             if residual is None:

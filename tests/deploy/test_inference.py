@@ -78,8 +78,20 @@ def test_unireplknet_every_preset(arch: str) -> None:
     assert not any(isinstance(m, nn.Linear) for m in optimized.modules())
 
 
-def test_whole_segmentor(tmp_path: Path) -> None:
-    """mmcv ConvModules (conv-BN-act) of the decode head fold too; logits at the input size."""
+@pytest.mark.parametrize('winograd', [False, True])
+def test_whole_segmentor(winograd: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mmcv ConvModules (conv-BN-act) of the decode head fold too; logits at the input size.
+    With ``winograd`` the thresholds are lowered so that the head's 3x3 convs run Winograd
+    F(2x2, 3x3) at this size (at full size they do: replk_mm.ops.winograd)."""
+    from replk_mm.deploy import inference
+    from replk_mm.ops import winograd as winograd_ops
+    calls = []
+    if winograd:
+        monkeypatch.setattr(winograd_ops, 'MIN_CHANNEL_PRODUCT', 0)
+        monkeypatch.setattr(winograd_ops, 'MIN_CHANNEL_PIXEL_PRODUCT', 0)
+        conv3x3 = inference.winograd_conv3x3
+        monkeypatch.setattr(inference, 'winograd_conv3x3',
+                            lambda *args: calls.append(args[0].shape) or conv3x3(*args))
     torch.manual_seed(0)
     model = build_model(Config.fromfile(str(ROOT / 'configs/demo/upernet_replknet-demo_ade20k-demo.py')))
     randomize_norms(model)
@@ -88,6 +100,8 @@ def test_whole_segmentor(tmp_path: Path) -> None:
     assert list(module(x))[0].shape == (1, 5, 64, 64)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                    for m in module.model.decode_head.modules())
+    if winograd:  # the FPN convs and the bottleneck, in both calls of _check_inference_form
+        assert len(calls) >= 2 * (len(module.model.decode_head.fpn_convs) + 1)
 
 
 def test_mmcv_ops_get_contiguous_inputs() -> None:
@@ -130,6 +144,30 @@ def test_fused_conv_paths() -> None:
     assert relative_error([doubled_reference], [doubled]) <= TOLERANCE
     with pytest.raises(ValueError, match='1x1 conv'):
         fuse_bn_conv(nn.BatchNorm2d(8).eval(), conv.weight, conv.bias)
+
+
+def test_fused_conv_winograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3x3 stride-1 conv runs Winograd where it applies (thresholds lowered for a small case),
+    with the activation after it; its packed weights follow an in-place weight change."""
+    from replk_mm.ops import winograd as winograd_ops
+    monkeypatch.setattr(winograd_ops, 'MIN_CHANNEL_PRODUCT', 0)
+    monkeypatch.setattr(winograd_ops, 'MIN_CHANNEL_PIXEL_PRODUCT', 0)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    fused = FusedConv2d.from_conv(conv, activation='relu')
+    assert fused.winograd
+    assert not FusedConv2d.from_conv(nn.Conv2d(8, 16, 3, padding=1, stride=2)).winograd
+    gelu = FusedConv2d.from_conv(conv, activation='gelu')
+    x = torch.randn(2, 8, 9, 7)
+    with torch.no_grad():
+        out = fused(x)
+        assert fused._winograd_packed is not None  # the Winograd path ran
+        assert relative_error([conv(x).relu()], [out]) <= TOLERANCE
+        assert relative_error([nn.functional.gelu(conv(x))], [gelu(x)]) <= TOLERANCE
+        assert gelu._winograd_packed is not None
+        fused.weight.mul_(-1)
+        flipped = fused(x)
+    assert relative_error([(-conv(x) + 2 * conv.bias[:, None, None]).relu()], [flipped]) <= TOLERANCE
 
 
 def test_grn_inference_norm_equals_the_autograd_one() -> None:
