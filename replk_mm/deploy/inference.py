@@ -13,6 +13,8 @@ re-parameterized branches) and keeps the checkpoints in that form:
   (:mod:`replk_mm.ops.channel_scale`); elsewhere (autograd, tracing, export) the SE's 1x1 convs
   are matrix products on the pooled ``(N, C)`` vectors and the GRN reduces over the spatial
   dimensions of the ``(N, C, H, W)`` tensor (no permutes in an exported graph);
+- 3x3 convs of stride 1 with many channels (UperNet's FPN convs and bottleneck, mask heads) run
+  as Winograd F(2x2, 3x3) (:mod:`replk_mm.ops.winograd`): 2.25x fewer multiply-adds;
 - activations stay channels_last from the first conv to the last, so the depth-wise kernels, the
   LayerNorms and UniRepLKNet's channel-wise layers read them without layout conversions (mmcv's
   compiled ops, which may assume NCHW memory, get contiguous inputs).

@@ -47,3 +47,20 @@ def test_profile_inference_tables(tmp_path):
     ours, openvino = text.split('### ')[1:]
     assert ours.startswith('replk_mm') and '| mkldnn::_convolution_pointwise |' in ours
     assert openvino.startswith('OpenVINO') and '| Convolution (' in openvino
+
+
+def test_winograd_benchmark_table(tmp_path):
+    """tools/analysis_tools/benchmark_winograd.py: both paths per shape, their errors against a
+    float64 conv within float32 rounding, whether winograd_applies picks Winograd."""
+    proc = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark_winograd.py'),
+         '--shapes', '16,8,9,7', '256,256,56,56', '--repeats', '1', '--threads', '1', '--out',
+         str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout
+    rows = [line.split(' | ') for line in (tmp_path / 'winograd.md').read_text().splitlines()
+            if line.startswith('| (')]
+    assert [r[0] for r in rows] == ['| (1, 16, 9, 7) -> 8', '| (1, 256, 56, 56) -> 256']
+    assert [r[4] for r in rows] == ['no', 'yes']
+    for r in rows:
+        assert float(r[1]) > 0 and float(r[2]) > 0
+        assert float(r[5]) < 1e-5 and float(r[6].rstrip(' |')) < 1e-5
