@@ -43,6 +43,14 @@ REPLK_MULTIVERSION void scale_rows(float* x, int64_t rows, int64_t C, const floa
   }
 }
 
+// sum of a[i] * b[i]
+REPLK_MULTIVERSION float dot(const float* a, const float* b, int64_t n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
 int64_t rows_per_task(int64_t C) { return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(C, 1)); }
 
 // sum over the P rows of one image [P][C] of x (or x squared), per channel
@@ -118,22 +126,16 @@ at::Tensor& se_scale_cpu(at::Tensor& x, const at::Tensor& down_weight, const at:
   const float *w1p = w1.const_data_ptr<float>(), *b1p = b1.const_data_ptr<float>();
   const float *w2p = w2.const_data_ptr<float>(), *b2p = b2.const_data_ptr<float>();
   float* xp = x.data_ptr<float>();
-  std::vector<double> h(hidden);
-  std::vector<float> scale(C);
+  std::vector<float> mean(C), h(hidden), scale(C);
   for (int64_t n = 0; n < N; ++n) {
     float* image = xp + n * P * C;
-    std::vector<double> mean = pixel_sums(image, P, C, false);
-    for (double& v : mean) v /= static_cast<double>(P);
-    for (int64_t j = 0; j < hidden; ++j) {
-      double s = b1p[j];
-      for (int64_t c = 0; c < C; ++c) s += w1p[j * C + c] * mean[c];
-      h[j] = std::max(s, 0.0);
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      double s = b2p[c];
-      for (int64_t j = 0; j < hidden; ++j) s += w2p[c * hidden + j] * h[j];
-      scale[c] = static_cast<float>(1.0 / (1.0 + std::exp(-s)));
-    }
+    const std::vector<double> sums = pixel_sums(image, P, C, false);
+    for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<float>(sums[c] / static_cast<double>(P));
+    // the two small linear layers: vectorised dot products (a scalar double loop cost about
+    // 0.1 ms a call at 640 channels)
+    for (int64_t j = 0; j < hidden; ++j) h[j] = std::max(b1p[j] + dot(w1p + j * C, mean.data(), C), 0.f);
+    for (int64_t c = 0; c < C; ++c)
+      scale[c] = 1.f / (1.f + std::exp(-(b2p[c] + dot(w2p + c * hidden, h.data(), hidden))));
     scale_pixels(image, P, C, scale);
   }
   return x;
