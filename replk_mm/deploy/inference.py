@@ -116,24 +116,27 @@ class FusedConv2d(nn.Module):
         # packed again on the next call
         return dict(self.__dict__, _packed=None, _winograd_packed=None)
 
-    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        """The weight in oneDNN's blocked layout, packed on the first call (and again after the
-        weight changed)."""
+    def _cached(self, slot: str, pack: Callable[[], object]) -> object:
+        """``pack()``, kept in attribute ``slot`` until the weight changes (in place or
+        replaced)."""
         key = (self.weight.data_ptr(), self.weight._version)
-        if self._packed is None or self._packed[0] != key:
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                self.weight.detach().to_mkldnn(), self.padding, self.stride, self.dilation,
-                self.groups, list(x.shape))
-            self._packed = (key, packed)
-        return self._packed[1]
+        cached = getattr(self, slot)
+        if cached is None or cached[0] != key:
+            cached = (key, pack())
+            setattr(self, slot, cached)
+        return cached[1]
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight in oneDNN's blocked layout, packed on the first call."""
+        return self._cached('_packed', lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
+            self.weight.detach().to_mkldnn(), self.padding, self.stride, self.dilation,
+            self.groups, list(x.shape)))
 
     def _winograd_weights(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The 16 Winograd-transformed weights packed for oneDNN on the first call (for the
-        tiles of that ``x``; other sizes run them as they are) and after the weight changed."""
-        key = (self.weight.data_ptr(), self.weight._version)
-        if self._winograd_packed is None or self._winograd_packed[0] != key:
-            self._winograd_packed = (key, pack_winograd_weight(self.weight, winograd_tiles(x)))
-        return self._winograd_packed[1]
+        tiles of that ``x``; other sizes run them as they are)."""
+        return self._cached('_winograd_packed',
+                            lambda: pack_winograd_weight(self.weight, winograd_tiles(x)))
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``act(conv(x) + bias + residual)``; ``residual`` has the output's shape."""

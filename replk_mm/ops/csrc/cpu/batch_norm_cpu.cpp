@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "multiversion.h"
+#include "task_grain.h"
 
 namespace replk::cpu {
 namespace {
@@ -200,11 +201,6 @@ void check_channel_vector(const std::optional<at::Tensor>& v, const at::Tensor& 
               v->scalar_type(), ", ", v->device());
 }
 
-// Channels per task: enough values that a task outweighs the scheduling cost.
-int64_t channel_grain(int64_t values_per_channel) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, values_per_channel));
-}
-
 Activation parse_activation(c10::string_view name, const char* op) {
   const std::string_view n(name.data(), name.size());
   if (n == "none") return Activation::kNone;
@@ -258,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x,
       scalar_t* yp = y.mutable_data_ptr<scalar_t>();
       scalar_t* mp = mean.mutable_data_ptr<scalar_t>();
       scalar_t* vp = var.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, C, channel_grain(N * L), [&](int64_t c0, int64_t c1) {
+      at::parallel_for(0, C, items_per_task(N * L, 2 * kTaskElems), [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           double m, v;
           channel_stats<scalar_t>(xp + c * L, N, L, C * L, &m, &v);
@@ -307,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
       scalar_t* dwp = dw.mutable_data_ptr<scalar_t>();
       scalar_t* dbp = db.mutable_data_ptr<scalar_t>();
       const double count = static_cast<double>(N * L);
-      at::parallel_for(0, C, channel_grain(N * L), [&](int64_t c0, int64_t c1) {
+      at::parallel_for(0, C, items_per_task(N * L, 2 * kTaskElems), [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           const ChannelAffine f = channel_affine_params<scalar_t>(mp[c], vp[c], wp, bp, c, eps);
           double sum_dz, sum_dz_xc;

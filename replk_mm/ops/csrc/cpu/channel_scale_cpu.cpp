@@ -15,11 +15,10 @@
 #include <vector>
 
 #include "multiversion.h"
+#include "task_grain.h"
 
 namespace replk::cpu {
 namespace {
-
-constexpr int64_t kTaskElems = 1 << 14;
 
 // acc[c] += sum over `rows` rows of x (or of x squared)
 REPLK_MULTIVERSION void add_rows(const float* x, int64_t rows, int64_t C, bool square, float* acc) {
@@ -51,11 +50,9 @@ REPLK_MULTIVERSION float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-int64_t rows_per_task(int64_t C) { return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(C, 1)); }
-
 // sum over the P rows of one image [P][C] of x (or x squared), per channel
 std::vector<double> pixel_sums(const float* x, int64_t P, int64_t C, bool square) {
-  const int64_t grain = rows_per_task(C), tasks = (P + grain - 1) / grain;
+  const int64_t grain = items_per_task(C), tasks = (P + grain - 1) / grain;
   std::vector<float> partial(tasks * C, 0.f);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t)
@@ -68,7 +65,7 @@ std::vector<double> pixel_sums(const float* x, int64_t P, int64_t C, bool square
 }
 
 void scale_pixels(float* x, int64_t P, int64_t C, const std::vector<float>& scale) {
-  at::parallel_for(0, P, rows_per_task(C), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P, items_per_task(C), [&](int64_t begin, int64_t end) {
     scale_rows(x + begin * C, end - begin, C, scale.data());
   });
 }

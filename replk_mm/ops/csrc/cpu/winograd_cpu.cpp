@@ -21,13 +21,10 @@
 #include <vector>
 
 #include "multiversion.h"
+#include "task_grain.h"
 
 namespace replk::cpu {
 namespace {
-
-constexpr int64_t kTaskElems = 1 << 14;
-
-int64_t tiles_per_task(int64_t C) { return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(16 * C, 1)); }
 
 // the 16 transformed values of one tile: src[4 i + j] = the input pixel (row i, column j) of the
 // patch, dst + t * stride = where value t goes
@@ -97,7 +94,7 @@ at::Tensor& winograd_input_transform_cpu(const at::Tensor& x, at::Tensor& v) {
   const std::vector<float> zeros(C, 0.f);
   const float* xp = x.const_data_ptr<float>();
   float* vp = v.data_ptr<float>();
-  at::parallel_for(0, P, tiles_per_task(C), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P, items_per_task(16 * C), [&](int64_t begin, int64_t end) {
     const float* src[16];
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / (th * tw), ty = p / tw % th, tx = p % tw;
@@ -140,7 +137,7 @@ at::Tensor winograd_output_transform_cpu(at::TensorList m, const at::Tensor& bia
   if (y.numel() == 0) return y;
   const float* bp = b.const_data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, P, tiles_per_task(K), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P, items_per_task(16 * K), [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(K);
     float* dst[4];
     for (int64_t p = begin; p < end; ++p) {
