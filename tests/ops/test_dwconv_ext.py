@@ -136,6 +136,22 @@ def test_every_forward_scheme(isa, direct_max_k, monkeypatch):
             _assert_matches_conv2d(x, weight, bias, grad_out, k)
 
 
+# Narrow channels_last images whose kernel spans them (K >= 2W - 1: RepLKNet's 14 x 14 stage with
+# K = 27, 7 x 7 with K = 13) keep a row of outputs and inputs in registers, one compile-time width
+# per W up to the instruction set's limit (AVX-512 15, AVX2 and generic 7): every width, images
+# taller and shorter than the kernel, partial channel vectors (the packed path takes those), the
+# limit and one past it, and the input gradient (channels_last too) agree with F.conv2d.
+@pytest.mark.parametrize('isa', ['generic', 'avx2', 'avx512'])
+def test_narrow_images(isa, monkeypatch):
+    _use_isa(isa, monkeypatch)
+    for w in range(1, 18):
+        k = 2 * w - 1 + 2 * (w % 3)  # K = 2W - 1 and wider
+        for h, c in ((w, 32), (k + 3, 16), (1, 48), (5, 20)):
+            x, weight, bias, grad_out = _inputs((2, c, h, w), k, channels_last=True, seed=w)
+            grad_out = grad_out.to(memory_format=torch.channels_last)
+            _assert_matches_conv2d(x, weight, bias, grad_out, k)
+
+
 def test_bad_direct_path_setting_is_rejected(monkeypatch):
     monkeypatch.setenv(DIRECT_ENV, '99')
     x, weight, _, _ = _inputs((1, 16, 5, 5), 3)

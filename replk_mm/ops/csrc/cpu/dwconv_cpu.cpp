@@ -154,9 +154,10 @@ at::Tensor packed_weight(const Kernels<T>& k, const at::Tensor& weight, bool fli
 }
 
 // y = x (*) weight (+ bias), or with the kernel rotated by 180 degrees (flip: the input gradient).
-// Three schemes: small kernels on channels_last (channels contiguous, whole channel blocks) run
-// directly row by row; small kernels on rows contiguous (NCHW) run directly plane by plane; the
-// rest packs tiles of VL channels x one image (any strides).
+// Four schemes: on channels_last (channels contiguous, whole channel blocks), narrow images whose
+// kernel spans them (K >= 2W - 1) run directly with a row of outputs and inputs in registers, and
+// small kernels run directly row by row; small kernels on rows contiguous (NCHW) run directly plane
+// by plane; the rest packs tiles of VL channels x one image (any strides).
 template <typename S>
 void conv_impl(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                bool flip, at::Tensor& y) {
@@ -170,6 +171,22 @@ void conv_impl(const at::Tensor& x, const at::Tensor& weight, const std::optiona
   const S* xp = static_cast<const S*>(x.const_data_ptr());
   S* yp = static_cast<S*>(y.data_ptr());
   if constexpr (same) {
+    // (REPLK_DWCONV_CPU_DIRECT_MAX_K=0 turns the narrow path off too)
+    if (W <= k.narrow_max_w && K >= 2 * W - 1 && direct_max_k(kRowsMaxK, kRowsMaxK) > 0 && x.stride(1) == 1 &&
+        y.stride(1) == 1 && C % k.vl == 0) {
+      const at::Tensor wp = packed_weight<T>(k, wt, flip);
+      const at::Tensor bp = bt.has_value() ? bt->contiguous() : at::Tensor();
+      at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end;) {  // runs of channel blocks of one image
+          const int64_t n = item / blocks, b1 = std::min(end - n * blocks, blocks);
+          k.conv_narrow_cl({xp + n * x.stride(0), x.stride(2), x.stride(3), yp + n * y.stride(0), y.stride(2),
+                            y.stride(3), wp.data_ptr<T>(), bt.has_value() ? bp.data_ptr<T>() : nullptr,
+                            item - n * blocks, b1, H, W, K});
+          item = n * blocks + b1;
+        }
+      });
+      return;
+    }
     if (K <= direct_max_k(k.rows_max_k, kRowsMaxK) && x.stride(1) == 1 && y.stride(1) == 1 && C % k.vl == 0) {
       const at::Tensor wp = packed_weight<T>(k, wt, flip);
       const at::Tensor bp = bt.has_value() ? bt->contiguous() : at::Tensor();

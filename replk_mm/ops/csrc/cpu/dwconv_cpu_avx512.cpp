@@ -66,7 +66,8 @@ int64_t scratch_elems_any(int64_t H, int64_t W, int64_t K) {
 namespace replk::cpu {
 Kernels<float> kernels_avx512_f32() {
   // VL, the tap chunks and the weight packing do not depend on the block width
-  replk::cpu::Kernels<float> k = make_kernels<Avx512<8>>("avx512", 5, 5);
+  // (32 registers: the narrow path keeps 15 outputs + 15 inputs + 1 tap column in them)
+  replk::cpu::Kernels<float> k = make_kernels<Avx512<8>, Avx512<8>, Avx512<8>, 15>("avx512", 5, 5);
   k.scratch_elems = &scratch_elems_any;
   k.conv_tile = &conv_tile_any<float>;
   k.grad_weight_tile = &grad_weight_tile_any<float>;

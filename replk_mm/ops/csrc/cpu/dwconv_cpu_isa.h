@@ -54,6 +54,21 @@ struct ConvRowCL {
   bool stream;
 };
 
+// Direct forward of channel blocks [b0, b1) of one narrow image (W <= Kernels::narrow_max_w, K >=
+// 2W - 1: every output column sees every input column) whose channels are contiguous; pointers at
+// (n, 0, 0, 0), strides in elements.
+template <typename T>
+struct ConvNarrowCL {
+  const T* x;
+  int64_t xsh, xsw;
+  T* y;
+  int64_t ysh, ysw;
+  const T* wpack;  // packed weights of all channel blocks: [blocks][K][kpad][VL]
+  const T* bias;   // blocks * VL values, or nullptr
+  int64_t b0, b1;
+  int64_t H, W, K;
+};
+
 // Direct forward of one channel plane whose rows are contiguous (NCHW); pointers at (n, c, 0, 0).
 template <typename T>
 struct ConvPlane {
@@ -86,12 +101,18 @@ struct Kernels {
   int rows_max_k, planes_max_k;
   void (*conv_row_cl)(const ConvRowCL<T>& a);
   void (*conv_plane)(const ConvPlane<T>& a);
+  // Narrow images (W <= narrow_max_w, K >= 2W - 1, channels_last, whole channel blocks): a row of
+  // outputs and a row of inputs stay in registers (0: never).
+  int narrow_max_w;
+  void (*conv_narrow_cl)(const ConvNarrowCL<T>& a);
 };
 
 // The largest kernels the direct paths implement (rows: any K up to kRowsMaxK; planes: K = 1, 3, 5,
 // compile-time, so that the K x K taps stay in registers).
 constexpr int kRowsMaxK = 15;
 constexpr int kPlanesMaxK = 5;
+// The widest narrow image the narrow path instantiates (one compile-time width each).
+constexpr int kNarrowMaxW = 15;
 
 Kernels<float> kernels_avx512_f32();
 Kernels<float> kernels_avx2_f32();

@@ -483,6 +483,53 @@ void conv_plane_impl(const replk::cpu::ConvPlane<typename O::T>& a) {
   }
 }
 
+// Direct channels_last forward of a narrow image: WN (= W, compile-time) columns and K >= 2 WN - 1,
+// so every output column reads every input column and no tap falls into the column padding (the
+// tiles of the packed path would spend half their FMAs on it: RepLKNet's 14 x 14 stage with
+// K = 27). Per output row and input row, the WN outputs and the WN inputs stay in registers and
+// each of the 2 WN - 1 tap columns that pair them is loaded once: WN^2 FMAs per 3 WN - 1 loads.
+template <class O, int WN>
+void conv_narrow_cl_impl(const replk::cpu::ConvNarrowCL<typename O::T>& a) {
+  using T = typename O::T;
+  using V = typename O::V;
+  constexpr int VL = O::VL;
+  const int64_t K = a.K, pad = replk::dw_pad(K), kpad = padded_taps<O>(K);
+  for (int64_t cb = a.b0; cb < a.b1; ++cb) {
+    const T* xc = a.x + cb * VL;
+    const T* wc = a.wpack + cb * K * kpad * VL + pad * VL;  // tap column pad: input column = output column
+    const V init = a.bias ? O::loadu(a.bias + cb * VL) : O::zero();
+    for (int64_t h = 0; h < a.H; ++h) {
+      V acc[WN];
+#pragma GCC unroll 16
+      for (int p = 0; p < WN; ++p) acc[p] = init;
+      const int64_t i1 = replk::dw_tap_end(h, a.H, K);
+      for (int64_t i = replk::dw_tap_begin(h, K); i < i1; ++i) {
+        const T* xr = xc + (h + i - pad) * a.xsh;
+        V xv[WN];
+#pragma GCC unroll 16
+        for (int q = 0; q < WN; ++q) xv[q] = O::loadu(xr + q * a.xsw);
+        const T* wr = wc + i * kpad * VL;
+#pragma GCC unroll 32
+        for (int d = 1 - WN; d < WN; ++d) {  // input column = output column + d
+          const V wv = O::load(wr + d * VL);
+#pragma GCC unroll 16
+          for (int p = d < 0 ? -d : 0; p < (d > 0 ? WN - d : WN); ++p) acc[p] = O::fma(wv, xv[p + d], acc[p]);
+        }
+      }
+      store_block<O>(a.y + h * a.ysh + cb * VL, a.ysw, acc, WN, false);
+    }
+  }
+}
+
+// Runtime width (1..MaxW) -> compile-time instantiation.
+template <class O, int MaxW, int WN = 1>
+void conv_narrow_cl(const replk::cpu::ConvNarrowCL<typename O::T>& a) {
+  if constexpr (WN < MaxW) {
+    if (a.W != WN) return conv_narrow_cl<O, MaxW, WN + 1>(a);
+  }
+  conv_narrow_cl_impl<O, WN>(a);
+}
+
 // Runtime tap-chunk width (1..O::TJMAX) -> compile-time instantiation.
 template <class O, template <class, int> class F, int TJ = 1, typename... A>
 void with_tj(int tj, A&&... args) {
@@ -570,8 +617,10 @@ void conv_plane(const replk::cpu::ConvPlane<typename O::T>& a) {
 
 // O: the forward's (and input gradient's) blocking; OG: the weight gradient's; OR: the direct
 // channels_last rows' (its chunk widths must be O's: it reads O's packed weights). Same vector ops.
-template <class O, class OG = O, class OR = O>
+// NarrowMaxW: the widest narrow image, 2 NarrowMaxW + 1 vectors fitting in the registers.
+template <class O, class OG = O, class OR = O, int NarrowMaxW = 7>
 replk::cpu::Kernels<typename O::T> make_kernels(const char* name, int rows_max_k, int planes_max_k) {
+  static_assert(NarrowMaxW >= 1 && NarrowMaxW <= replk::cpu::kNarrowMaxW);
   static_assert(std::is_same_v<typename O::T, typename OG::T> && std::is_same_v<typename O::T, typename OR::T> &&
                 O::VL == OG::VL && O::VL == OR::VL);
   replk::cpu::Kernels<typename O::T> k{name,
@@ -587,7 +636,9 @@ replk::cpu::Kernels<typename O::T> make_kernels(const char* name, int rows_max_k
                                        rows_max_k,
                                        planes_max_k,
                                        &conv_row_cl<OR>,
-                                       &conv_plane<O>};
+                                       &conv_plane<O>,
+                                       NarrowMaxW,
+                                       &conv_narrow_cl<O, NarrowMaxW>};
   if constexpr (std::is_same_v<typename O::T, float>) {
     k.conv_tile_bf16 = &conv_tile<O, replk::cpu::bf16_bits>;
     k.grad_weight_tile_bf16 = &grad_weight_tile<OG, replk::cpu::bf16_bits>;
