@@ -25,6 +25,7 @@
 #include <cstring>
 #include <new>
 #include <type_traits>
+#include <utility>
 
 #include "dwconv_cpu_isa.h"
 #include "dwconv_geometry.h"
@@ -573,17 +574,31 @@ int64_t scratch_elems_both(int64_t H, int64_t W, int64_t K) {
 
 template <class O>
 void pack_weight(const typename O::T* w, int64_t C, int64_t K, bool flip, typename O::T* out) {
+  using T = typename O::T;
   constexpr int VL = O::VL;
   const int64_t kpad = padded_taps<O>(K);
   const int64_t blocks = (C + VL - 1) / VL;
-  std::memset(out, 0, sizeof(typename O::T) * blocks * K * kpad * VL);
-  for (int64_t b = 0; b < blocks; ++b)
-    for (int64_t i = 0; i < K; ++i)
-      for (int64_t j = 0; j < K; ++j) {
-        const int64_t si = flip ? K - 1 - i : i, sj = flip ? K - 1 - j : j;
-        typename O::T* o = out + ((b * K + i) * kpad + j) * VL;
-        for (int64_t c = b * VL; c < imin<int64_t>(C, (b + 1) * VL); ++c) o[c % VL] = w[(c * K + si) * K + sj];
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t nc = imin<int64_t>(VL, C - b * VL);
+    for (int64_t i = 0; i < K; ++i) {
+      T* row = out + (b * K + i) * kpad * VL;
+      const int64_t si = flip ? K - 1 - i : i;
+      if (nc == VL) {
+        // row[j][l] = w[b VL + l][si][j]: the kernel rows of VL channels transposed in registers
+        O::transpose_in(w + (b * VL * K + si) * K, K * K, K, row);
+        if (flip)  // taps right to left
+          for (int64_t j = 0; j < K / 2; ++j)
+            for (int l = 0; l < VL; ++l) std::swap(row[j * VL + l], row[(K - 1 - j) * VL + l]);
+      } else {
+        for (int64_t j = 0; j < K; ++j)
+          for (int l = 0; l < VL; ++l) {
+            const int64_t sj = flip ? K - 1 - j : j;
+            row[j * VL + l] = l < nc ? w[((b * VL + l) * K + si) * K + sj] : T(0);
+          }
       }
+      std::memset(row + K * VL, 0, sizeof(T) * (kpad - K) * VL);  // the chunks' padding taps
+    }
+  }
 }
 
 template <class O, typename S = typename O::T>
