@@ -2,6 +2,7 @@
 at 64 x 64: the deploy and inference forms against ONNX Runtime and OpenVINO (test requirements)
 on the exported graph, with the GEMM floor and the ratios to the faster peer; the profiles."""
 import csv
+import re
 import os.path as osp
 import subprocess
 import sys
@@ -46,6 +47,11 @@ def test_profile_inference_tables(tmp_path):
     text = (tmp_path / 'profile.md').read_text()
     ours, openvino = text.split('### ')[1:]
     assert ours.startswith('replk_mm') and '| mkldnn::_convolution_pointwise |' in ours
+    alone = re.search(r'The (\d+) fused convs of one forward, each timed alone on its input '
+                      r'\(median of 7 calls\): ([\d.]+) ms in all', ours)
+    convs = re.search(r'\| mkldnn::_convolution_pointwise \| [\d.]+ \| \d+% \| (\d+) \|', ours)
+    assert alone and convs and int(alone.group(1)) == int(convs.group(1)) > 0
+    assert float(alone.group(2)) > 0
     assert openvino.startswith('OpenVINO') and '| Convolution (' in openvino
 
 

@@ -8,13 +8,18 @@ Ours: ``torch.profiler`` over ``--repeats`` forwards of the model rewritten by
 ``replk_mm.deploy.optimize_for_inference`` (self CPU time of the main thread, by operator; the
 profiler adds a few microseconds to each call). OpenVINO (if installed): ``PERF_COUNT`` real time
 by layer type and kernel over as many inferences of the file ``replk_mm.deploy.onnx_export`` wrote
-(f32, latency hint, the same threads). Both after two warm-up forwards. Writes ``profile.md``.
+(f32, latency hint, the same threads). Both after two warm-up forwards. Below our table, the
+fused convs of one forward timed one by one outside the model (each on the input it had in the
+forward, median of 7 calls): what they cost without the rest of the model around them, to set
+beside OpenVINO's convs. Writes ``profile.md``.
 """
 import argparse
 import collections
 import os
+import statistics
 import sys
 import tempfile
+import time
 from typing import Dict, List, Tuple
 
 import torch
@@ -24,6 +29,7 @@ from replk_mm.deploy import build_model, optimize_for_inference
 from replk_mm.deploy.atomic import write_text_atomic
 from replk_mm.deploy.converter import load_config
 from replk_mm.deploy.equivalence import model_kind
+from replk_mm.deploy.inference import FusedConv2d
 from replk_mm.deploy.onnx_export import (InferenceModule, compile_openvino, export_onnx,
                                          openvino_runtime)
 
@@ -39,6 +45,32 @@ def profile_ours(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> Rows
                 module(x)
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     return [(e.key, e.self_cpu_time_total / 1e3 / repeats, e.count // repeats) for e in events]
+
+
+def fused_convs_alone(module: torch.nn.Module, x: torch.Tensor) -> Tuple[float, int]:
+    """``(ms, calls)``: the sum over the fused convs of one forward, each timed alone on the
+    input it had in that forward (median of 7 calls)."""
+    calls = []
+
+    def record(conv: torch.nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        calls.append((conv, [a.clone() for a in args],
+                      {k: v.clone() for k, v in kwargs.items() if v is not None}))
+
+    convs = [m for m in module.modules() if isinstance(m, FusedConv2d)]
+    hooks = [c.register_forward_hook(record, with_kwargs=True) for c in convs]
+    with torch.no_grad():
+        module(x)
+        for hook in hooks:
+            hook.remove()
+        total = 0.0
+        for conv, args, kwargs in calls:
+            times = []
+            for _ in range(7):
+                start = time.perf_counter()
+                conv(*args, **kwargs)
+                times.append(time.perf_counter() - start)
+            total += statistics.median(times)
+    return total * 1e3, len(calls)
 
 
 def profile_openvino(path: str, x: torch.Tensor, threads: int, repeats: int) -> Rows:
@@ -90,6 +122,9 @@ def main() -> None:
         module = InferenceModule(optimize_for_inference(model), kind)
         lines += table('replk_mm (torch.profiler, self CPU time)', profile_ours(
             module, x, args.repeats))
+        alone_ms, calls = fused_convs_alone(module, x)
+        lines += [f'The {calls} fused convs of one forward, each timed alone on its input '
+                  f'(median of 7 calls): {alone_ms:.1f} ms in all.', '']
         if openvino_runtime() is None:
             lines.append('OpenVINO not installed (pip install -e .[deploy]): no second table.')
         else:
