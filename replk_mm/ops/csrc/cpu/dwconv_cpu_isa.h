@@ -102,7 +102,7 @@ struct Kernels {
   void (*conv_row_cl)(const ConvRowCL<T>& a);
   void (*conv_plane)(const ConvPlane<T>& a);
   // Narrow images (W <= narrow_max_w, K >= 2W - 1, channels_last, whole channel blocks): a row of
-  // outputs and a row of inputs stay in registers (0: never).
+  // outputs and a row of inputs stay in registers.
   int narrow_max_w;
   void (*conv_narrow_cl)(const ConvNarrowCL<T>& a);
 };
