@@ -171,32 +171,33 @@ void conv_impl(const at::Tensor& x, const at::Tensor& weight, const std::optiona
   const S* xp = static_cast<const S*>(x.const_data_ptr());
   S* yp = static_cast<S*>(y.data_ptr());
   if constexpr (same) {
+    // the two channels_last direct paths: whole channel blocks, packed weights, the bias as it is
     // (REPLK_DWCONV_CPU_DIRECT_MAX_K=0 turns the narrow path off too)
-    if (W <= k.narrow_max_w && K >= 2 * W - 1 && direct_max_k(kRowsMaxK, kRowsMaxK) > 0 && x.stride(1) == 1 &&
-        y.stride(1) == 1 && C % k.vl == 0) {
+    const bool channel_blocks = x.stride(1) == 1 && y.stride(1) == 1 && C % k.vl == 0;
+    const bool narrow = channel_blocks && W <= k.narrow_max_w && K >= 2 * W - 1 &&
+                        direct_max_k(kRowsMaxK, kRowsMaxK) > 0;
+    if (narrow || (channel_blocks && K <= direct_max_k(k.rows_max_k, kRowsMaxK))) {
       const at::Tensor wp = packed_weight<T>(k, wt, flip);
-      const at::Tensor bp = bt.has_value() ? bt->contiguous() : at::Tensor();
-      at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t item = begin; item < end;) {  // runs of channel blocks of one image
-          const int64_t n = item / blocks, b1 = std::min(end - n * blocks, blocks);
-          k.conv_narrow_cl({xp + n * x.stride(0), x.stride(2), x.stride(3), yp + n * y.stride(0), y.stride(2),
-                            y.stride(3), wp.data_ptr<T>(), bt.has_value() ? bp.data_ptr<T>() : nullptr,
-                            item - n * blocks, b1, H, W, K});
-          item = n * blocks + b1;
-        }
-      });
-      return;
-    }
-    if (K <= direct_max_k(k.rows_max_k, kRowsMaxK) && x.stride(1) == 1 && y.stride(1) == 1 && C % k.vl == 0) {
-      const at::Tensor wp = packed_weight<T>(k, wt, flip);
-      const at::Tensor bp = bt.has_value() ? bt->contiguous() : at::Tensor();
+      const at::Tensor bc = bt.has_value() ? bt->contiguous() : at::Tensor();
+      const T* wpp = wp.data_ptr<T>();
+      const T* bcp = bt.has_value() ? bc.data_ptr<T>() : nullptr;
+      if (narrow) {
+        at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t item = begin; item < end;) {  // runs of channel blocks of one image
+            const int64_t n = item / blocks, b1 = std::min(end - n * blocks, blocks);
+            k.conv_narrow_cl({xp + n * x.stride(0), x.stride(2), x.stride(3), yp + n * y.stride(0), y.stride(2),
+                              y.stride(3), wpp, bcp, item - n * blocks, b1, H, W, K});
+            item = n * blocks + b1;
+          }
+        });
+        return;
+      }
       const bool stream = stream_output(y, k.vl);
       at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
         for (int64_t item = begin; item < end; ++item) {
           const int64_t n = item / H;
           k.conv_row_cl({xp + n * x.stride(0), x.stride(2), x.stride(3), yp + n * y.stride(0), y.stride(2),
-                         y.stride(3), wp.data_ptr<T>(), bt.has_value() ? bp.data_ptr<T>() : nullptr, blocks, H,
-                         W, K, item % H, stream});
+                         y.stride(3), wpp, bcp, blocks, H, W, K, item % H, stream});
         }
       });
       return;

@@ -67,7 +67,8 @@ namespace replk::cpu {
 Kernels<float> kernels_avx512_f32() {
   // VL, the tap chunks and the weight packing do not depend on the block width
   // (32 registers: the narrow path keeps 15 outputs + 15 inputs + 1 tap column in them)
-  replk::cpu::Kernels<float> k = make_kernels<Avx512<8>, Avx512<8>, Avx512<8>, 15>("avx512", 5, 5);
+  replk::cpu::Kernels<float> k =
+      make_kernels<Avx512<8>, Avx512<8>, Avx512<8>, replk::cpu::kNarrowMaxW>("avx512", 5, 5);
   k.scratch_elems = &scratch_elems_any;
   k.conv_tile = &conv_tile_any<float>;
   k.grad_weight_tile = &grad_weight_tile_any<float>;

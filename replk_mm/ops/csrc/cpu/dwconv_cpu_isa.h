@@ -111,7 +111,8 @@ struct Kernels {
 // compile-time, so that the K x K taps stay in registers).
 constexpr int kRowsMaxK = 15;
 constexpr int kPlanesMaxK = 5;
-// The widest narrow image the narrow path instantiates (one compile-time width each).
+// The widest narrow image the narrow path instantiates (one compile-time width each; AVX-512's
+// limit: 2 x 15 + 1 of its 32 registers).
 constexpr int kNarrowMaxW = 15;
 
 Kernels<float> kernels_avx512_f32();
