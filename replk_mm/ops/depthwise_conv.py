@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -278,9 +278,11 @@ def _agree(key: ChoiceKey, measured: _Measurement, stage: str) -> Tuple[_Measure
     return _Measurement(times, errors), ranks
 
 
-def _choose(key: ChoiceKey, x: torch.Tensor, measured: _Measurement, stage: str) -> str:
+def _choose(key: ChoiceKey, x: torch.Tensor, measured: _Measurement, stage: str,
+            preference: Sequence[str] = ()) -> str:
     """The fastest candidate within tolerance on every rank that measured ``key`` in ``stage``
-    (``'eager'`` or ``'compile'``); one warning per excluded candidate."""
+    (``'eager'`` or ``'compile'``), or with ``preference`` (untimed runs) the first of those in
+    that order; one warning per excluded candidate."""
     limit = tolerance(x.dtype, x.device.type)
     measured, ranks = _agree(key, measured, stage)
     passed = {n: t for n, t in measured.times.items()
@@ -299,6 +301,8 @@ def _choose(key: ChoiceKey, x: torch.Tensor, measured: _Measurement, stage: str)
                   'using PyTorch NCHW (the reference\'s own definition)', logger='current',
                   level=logging.WARNING)
         return 'torch'
+    if preference:
+        return next(name for name in preference if name in passed)
     return min(passed, key=passed.get)
 
 
@@ -325,7 +329,7 @@ def _compile_time_choice(key: ChoiceKey, candidates: Tuple[str, ...]) -> str:
             for t in (x, weight, bias):
                 t.requires_grad_(key[3])
             measured = _measure(x, weight, bias, key[3], preferred, check=True, timed=False)
-            choice = _choose(key, x, measured, 'compile')
+            choice = _choose(key, x, measured, 'compile', preferred)
         _compile_choices[key] = choice
     return _compile_choices[key]
 
