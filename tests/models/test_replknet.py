@@ -226,6 +226,25 @@ def test_with_cp_gives_the_same_gradients():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_with_cp_after_frozen_stages_still_trains_the_rest():
+    """Behind frozen stages the blocks' input carries no gradient: checkpointing must still give
+    the trainable parameters the gradients of the plain model (re-entrant checkpointing would give
+    them none)."""
+    grads = []
+    for with_cp in (False, True):
+        torch.manual_seed(0)
+        model = tiny(with_cp=with_cp, frozen_stages=0, drop_path_rate=0.3)  # the stem
+        model.train()
+        x = torch.randn(2, 3, 64, 64)
+        torch.manual_seed(7)
+        sum(o.square().sum() for o in model(x)).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[0].items():
+        assert grads[1][name] is not None, name
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6)
+
+
 def test_drop_path_rises_linearly_over_block_pairs():
     model = tiny(drop_path_rate=0.4)
     rates = [getattr(b.drop_path, 'drop_prob', 0.0) for s in model.stages for b in s.blocks]

@@ -9,7 +9,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.logging import MMLogger
@@ -19,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ...checkpoint import load_state_dict_checked
 from ...registry import MODELS
 from ..layers import ConvBN, ReparamLargeKernelConv, build_norm, reparameterize_model
-from ..utils import KeyMapping, load_pretrained
+from ..utils import KeyMapping, checkpointed, load_pretrained
 
 _31B_WIDTH = (128, 256, 512, 1024)
 _BLOCKS = (2, 2, 18, 2)
@@ -148,9 +147,7 @@ class RepLKNetStage(nn.Module):
 
 
 def _run(module: nn.Module, x: torch.Tensor, with_cp: bool) -> torch.Tensor:
-    if with_cp and torch.is_grad_enabled():
-        return cp.checkpoint(module, x, use_reentrant=False)
-    return module(x)
+    return checkpointed(module, x) if with_cp else module(x)
 
 
 @MODELS.register_module()
@@ -173,7 +170,7 @@ class RepLKNet(BaseModule):
         frozen_stages: -1 freezes nothing; ``i >= 0`` freezes the stem, stages ``0..i-1`` and the
             transitions leading into them (eval mode, no gradient).
         norm_eval: keep every norm layer in eval mode during training.
-        with_cp: activation checkpointing per block (non-reentrant).
+        with_cp: activation checkpointing per block (:func:`~replk_mm.models.utils.checkpointed`).
         deploy: build the re-parameterized (fused) form, e.g. to load a deploy checkpoint.
         init_cfg: MMEngine init config; ``dict(type='Pretrained', checkpoint=PATH)`` loads the
             authors', mmpretrain's or this package's checkpoints, training or deploy form.

@@ -117,7 +117,7 @@ class UniRepLKNet(BaseModule):
         frozen_stages: -1 freezes nothing; k >= 0 freezes the stem and stages 0..k-1 with their
             downsampling layers and output norms (and keeps them in eval mode).
         norm_eval: keep every batch norm in eval mode while training (frozen statistics).
-        with_cp: recompute each block in the backward pass (non-reentrant checkpointing).
+        with_cp: recompute each block in the backward pass (:func:`~replk_mm.models.utils.checkpointed`).
         deploy: build the re-parameterized (inference) form.
         gap_before_final_norm: global-average-pool before ``norm{i}`` (classification).
         init_cfg: MMEngine init config (default: the authors' truncated normal, std 0.02, for

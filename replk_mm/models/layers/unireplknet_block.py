@@ -3,10 +3,10 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 
 from replk_mm.ops import DepthwiseConv2d
+from ..utils.activation_checkpoint import checkpointed
 from .batch_norm import build_norm
 from .dilated_reparam import DilatedReparamBlock
 from .grn import GRN
@@ -33,7 +33,7 @@ class UniRepLKNetBlock(ReparamMixin, nn.Module):
         layer_scale_init_value: initial γ; 0 or None disables the layer scale.
         ffn_ratio: hidden width of the feed-forward part over C.
         norm_cfg: the block's batch norms (BN or SyncBN).
-        with_cp: recompute the block in the backward pass (non-reentrant checkpointing).
+        with_cp: recompute the block in the backward pass (:func:`~replk_mm.models.utils.checkpointed`).
         deploy: build the deploy form directly.
     """
 
@@ -84,9 +84,7 @@ class UniRepLKNetBlock(ReparamMixin, nn.Module):
         return x + self.residual(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.with_cp and torch.is_grad_enabled():
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+        return checkpointed(self._forward, x) if self.with_cp else self._forward(x)
 
     @torch.no_grad()
     def reparameterize(self) -> None:
