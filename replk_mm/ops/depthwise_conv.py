@@ -159,9 +159,32 @@ def clear_dw_impl_cache() -> None:
     _compile_choices.clear()
 
 
+_grad_follows = threading.local()  # .active: inside grad_follows() in this thread
+
+
+@contextlib.contextmanager
+def grad_follows() -> Iterator[None]:
+    """Inside the block, calls choose as if a gradient were needed wherever an input requires grad,
+    grad mode or not: for a forward run without grad that is recomputed with grad in the backward
+    pass (re-entrant checkpointing). Both passes then use the forward + backward choice, measured in
+    the forward on the first input of its key rather than in the backward on the last."""
+    previous = getattr(_grad_follows, 'active', False)
+    _grad_follows.active = True
+    try:
+        yield
+    finally:
+        _grad_follows.active = previous
+
+
 def _needs_grad(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(
+    follows = not torch.compiler.is_compiling() and getattr(_grad_follows, 'active', False)
+    return (torch.is_grad_enabled() or follows) and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
+
+
+def _in_backward() -> bool:
+    """Whether the autograd engine is running a backward pass in this thread."""
+    return torch._C._current_graph_task_id() != -1
 
 
 class _Measurement(NamedTuple):
@@ -177,7 +200,8 @@ def _measure(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     with ``timed``, time it (a candidate beyond its dtype's tolerance is not timed again).
 
     Runs in a fresh thread so that the caller's autograd state (checkpointing hooks, tracing,
-    inference mode, a compiler's fake tensors) neither sees nor disturbs the measurement.
+    inference mode, a compiler's fake tensors) neither sees nor disturbs the measurement; inside a
+    backward pass (re-entrant checkpointing recomputes there) in the calling thread.
     """
     times: Dict[str, float] = {}
     errors: Dict[str, Tuple[str, float]] = {}
@@ -231,9 +255,15 @@ def _measure(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
         except BaseException as err:  # re-raised in the caller's thread
             failures.append(err)
 
-    worker = threading.Thread(target=measure, name='replk_mm-dw-benchmark')
-    worker.start()
-    worker.join()
+    if _in_backward():
+        # The recomputation of re-entrant checkpointing: an autograd engine thread runs this call,
+        # and a backward started from another thread would queue behind it and never run (on CUDA,
+        # whose nodes only the device's engine thread executes). Nested in this thread it runs.
+        measure()
+    else:
+        worker = threading.Thread(target=measure, name='replk_mm-dw-benchmark')
+        worker.start()
+        worker.join()
     if failures:
         raise failures[0]
     return _Measurement(times, errors)

@@ -54,3 +54,17 @@ def test_large_kernels_have_a_larger_erf_at_init(tmp_path: Path,
     assert list(ratios['large']) == [0.2, 0.3, 0.5, 0.99]
     for t in (0.3, 0.5, 0.99):
         assert ratios['large'][t] > ratios['small'][t], (t, ratios)
+
+
+def test_checkpointed_configs_give_the_same_map(tmp_path: Path) -> None:
+    """Segmentation configs set with_cp=True; the map (a gradient w.r.t. the input) is the same."""
+    import torch
+    maps = []
+    for with_cp in (False, True):
+        cfg = tmp_path / f'cp_{with_cp}.py'
+        cfg.write_text(BACKBONE_CFG.replace('drop_path_rate=0.0,', f'drop_path_rate=0.0, with_cp={with_cp},'))
+        torch.manual_seed(0)
+        backbone, _, _ = ERF['build_backbone'](str(cfg), None, None)
+        maps.append(ERF['contribution_map'](backbone, torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))))
+    np.testing.assert_allclose(maps[1], maps[0], rtol=1e-5, atol=1e-7)
+    assert maps[0].max() > 0

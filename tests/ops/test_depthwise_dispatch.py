@@ -114,6 +114,62 @@ def test_choice_is_measured_once_per_key_and_cached(monkeypatch):
     assert set(choices.values()) <= set(candidates)
 
 
+def spy_measure(monkeypatch):
+    """(needs grad, measured inside a backward pass) of each measurement from now on."""
+    calls = []
+    real = dw._measure
+
+    def spy(x, weight, bias, needs_grad, candidates, check):
+        calls.append((needs_grad, dw._in_backward()))
+        return real(x, weight, bias, needs_grad, candidates, check)
+
+    monkeypatch.setattr(dw, '_measure', spy)
+    return calls
+
+
+def test_checkpointing_chooses_for_the_recomputation_in_the_forward(monkeypatch):
+    """Re-entrant checkpointing runs the forward without grad and recomputes it with grad in the
+    backward: both passes take the forward + backward choice, measured once, in the forward."""
+    from replk_mm.models.utils import checkpointed
+    calls = spy_measure(monkeypatch)
+    w = torch.randn(4, 1, 7, 7, requires_grad=True)
+    x = torch.randn(2, 4, 12, 12, requires_grad=True)
+    checkpointed(lambda t: depthwise_conv2d(t, w).square(), x).sum().backward()
+    assert calls == [(True, False)]
+    assert set(dw_impl_choices()) == {('cpu', torch.float32, 7, True, False)}
+    grads = x.grad, w.grad
+    x.grad = w.grad = None
+    depthwise_conv2d(x, w).square().sum().backward()
+    torch.testing.assert_close(grads, (x.grad, w.grad))
+
+
+def test_a_key_first_met_in_a_backward_pass_is_measured_in_its_thread(monkeypatch):
+    """A backward started from another thread would wait, on CUDA, for the engine thread that runs
+    this backward: the measurement runs nested, and the result is right."""
+    calls = spy_measure(monkeypatch)
+    w = torch.randn(4, 1, 5, 5, requires_grad=True)
+
+    class ConvInBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            with torch.enable_grad():
+                inner = grad.detach().requires_grad_()
+                out = depthwise_conv2d(inner, w)
+                g, = torch.autograd.grad(out.square().sum(), inner)
+            return g
+
+    x = torch.randn(1, 4, 9, 9, requires_grad=True)
+    ConvInBackward.apply(x).sum().backward()
+    assert calls == [(True, True)]
+    ones = torch.ones_like(x).requires_grad_()
+    expected, = torch.autograd.grad(F.conv2d(ones, w, padding=2, groups=4).square().sum(), ones)
+    torch.testing.assert_close(x.grad, expected)
+
+
 def test_fastest_candidate_wins(monkeypatch):
     monkeypatch.setattr(dw, '_measure', lambda *a, **k: dw._Measurement(
         {'torch': 2.0, 'torch_channels_last': 1.0}, {}))

@@ -61,3 +61,16 @@ def test_emulated_pipeline_writes_report_and_csv(tmp_path):
     assert ('tests', '', 'passed') in keys
     assert {r['case'] for r in rows if r['metric'] == 'targets_met'} == {'fp32 forward', 'fp32 forward_backward'}
     assert all(float(r['value']) > 0 for r in rows if r['metric'] == 'ms')
+
+
+def test_sanitizer_verdict_needs_the_case_to_finish():
+    """The log echoes the command (the case's source, which names its last line) before the run:
+    only the printed line itself and exit status 0 count as no error."""
+    sys.path.insert(0, os.path.dirname(TOOL))
+    from gpu_acceptance import SANITIZER_CASE, sanitizer_verdict
+    echo = '$ compute-sanitizer --tool memcheck --error-exitcode 1 python -c ' + SANITIZER_CASE
+    done = echo + '\nsanitizer case: done\n========= ERROR SUMMARY: 0 errors\n'
+    crashed = echo + '\nTraceback (most recent call last):\n========= ERROR SUMMARY: 0 errors\n'
+    assert sanitizer_verdict(0, done) == (True, ['sanitizer case: done', '========= ERROR SUMMARY: 0 errors'])
+    assert not sanitizer_verdict(0, crashed)[0]
+    assert not sanitizer_verdict(1, done)[0]

@@ -134,6 +134,11 @@ def build_backbone(config: str, checkpoint: Optional[str],
     backbone = getattr(model, 'backbone', model).eval()
     for param in backbone.parameters():
         param.requires_grad_(False)
+    # The map is torch.autograd.grad w.r.t. the input, which re-entrant activation checkpointing
+    # (with_cp=True in the segmentation configs) does not support; it would save nothing here.
+    for module in backbone.modules():
+        if getattr(module, 'with_cp', False):
+            module.with_cp = False
     # mmseg / mmdet keep it in the model; mmpretrain configs at the top level.
     preprocessor = cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or {}
     return (backbone, preprocessor.get('mean', IMAGENET_MEAN), preprocessor.get('std', IMAGENET_STD))

@@ -388,6 +388,15 @@ def find_compute_sanitizer() -> Optional[str]:
     return found
 
 
+def sanitizer_verdict(status: int, output: str) -> Tuple[bool, List[str]]:
+    """(no error, summary lines) of one compute-sanitizer run: exit status 0 and the case's last
+    line printed. The log's first lines echo the command, the case's source included, so whole
+    lines are matched."""
+    lines = [line.strip() for line in output.splitlines()]
+    summary = [line for line in lines if 'SUMMARY' in line or line == 'sanitizer case: done']
+    return status == 0 and 'sanitizer case: done' in lines, summary
+
+
 def step_compute_sanitizer(ctx: Context, result: Result) -> None:
     tool = find_compute_sanitizer()
     if tool is None:
@@ -401,8 +410,7 @@ def step_compute_sanitizer(ctx: Context, result: Result) -> None:
         cmd = [tool, '--tool', name, '--error-exitcode', '1', sys.executable, '-c', SANITIZER_CASE]
         start = time.perf_counter()
         status, output = run_logged(cmd, os.path.join(ctx.args.out_dir, f'sanitizer_{name}.log'), 900)
-        summary = [line for line in output.splitlines() if 'SUMMARY' in line or 'sanitizer case' in line]
-        ok = status == 0 and 'sanitizer case: done' in output
+        ok, summary = sanitizer_verdict(status, output)
         result.status = result.status if ok else 'FAILED'
         result.lines.append(f'- {name}: {"no error" if ok else "FAILED"} in {time.perf_counter() - start:.0f} s '
                             f'({"; ".join(s.strip("= ") for s in summary) or "no summary"}; '
