@@ -473,6 +473,11 @@ def time_models(ctx: Context, result: Result, step: str, builders: Dict[str, Cal
     """Median time and peak memory of the training step each builder returns (benchmark_backbone's
     timing)."""
     from benchmark_backbone import peak_memory_cpu, peak_memory_cuda, time_interleaved
+    from replk_mm.ops import clear_dw_impl_cache
+    # The dispatch's keys carry no shape: without this the UperNet step would run on the choices
+    # measured on the previous step's inputs. A training run measures its own, in its first step
+    # (here a warm-up step).
+    clear_dw_impl_cache()
     steps = {name: build() for name, build in builders.items()}
     medians = time_interleaved(steps, ctx.device, ctx.sizes.step_warmup, ctx.sizes.step_repeats, step)
     reference = medians.get('mmpretrain')
