@@ -10,8 +10,10 @@ Candidates: ``torch`` (PyTorch in NCHW), ``torch_channels_last`` (PyTorch in NHW
 supports the input) and ``ext_tc`` (its tensor-core kernels, for float16 / bfloat16 on CUDA devices
 of compute capability 8.0+). Like ``cudnn.benchmark``, the first call for each (device type, dtype, K,
 gradient needed, input memory format) times every candidate on that call's input (forward, plus
-backward when a gradient is needed) and caches the fastest. The output keeps the input's memory
-format; a network kept in channels_last pays no conversion on the channels_last path.
+backward when a gradient is needed) and caches the fastest; inside :func:`grad_follows`
+(re-entrant checkpointing's forward without grad) a gradient counts as needed wherever an input
+requires grad. The output keeps the input's memory format; a network kept in channels_last pays
+no conversion on the channels_last path.
 
 Guard: before timing, each candidate's output (and gradients, for a random output gradient) on
 that same input is checked against F.conv2d in float64 on up to 8 of its channels
@@ -201,7 +203,7 @@ def _measure(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 
     Runs in a fresh thread so that the caller's autograd state (checkpointing hooks, tracing,
     inference mode, a compiler's fake tensors) neither sees nor disturbs the measurement; inside a
-    backward pass (re-entrant checkpointing recomputes there) in the calling thread.
+    backward pass (a key first met in a custom backward) in the calling thread.
     """
     times: Dict[str, float] = {}
     errors: Dict[str, Tuple[str, float]] = {}
@@ -256,9 +258,9 @@ def _measure(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
             failures.append(err)
 
     if _in_backward():
-        # The recomputation of re-entrant checkpointing: an autograd engine thread runs this call,
-        # and a backward started from another thread would queue behind it and never run (on CUDA,
-        # whose nodes only the device's engine thread executes). Nested in this thread it runs.
+        # An autograd engine thread runs this call, and a backward started from another thread
+        # would queue behind it and never run (on CUDA, whose nodes only the device's engine
+        # thread executes). Nested in this thread it runs.
         measure()
     else:
         worker = threading.Thread(target=measure, name='replk_mm-dw-benchmark')
