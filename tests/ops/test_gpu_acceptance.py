@@ -33,11 +33,11 @@ def test_emulated_pipeline_writes_report_and_csv(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (tmp_path / 'acceptance.md').read_text()
     for section in ('## Summary', '## Environment', '## Build of the extension', '## Tests',
-                    '## compute-sanitizer', '## Seed Table 1', '### forward', '### forward_backward',
+                    '## compute-sanitizer', '## Nsight Compute counters', '## Seed Table 1', '### forward', '### forward_backward',
                     '## One layer at the headline size', '## RepLKNet-31B training step',
                     '## UperNet-31B training step'):
         assert section in report, section
-    assert report.count('skipped in emulation') == 2  # the build and compute-sanitizer
+    assert report.count('skipped in emulation') == 3  # the build, compute-sanitizer and ncu
     assert 'FAILED' not in report and 'Targets met: forward:' in report
     assert (tmp_path / 'tests.log').exists()
 
@@ -74,3 +74,30 @@ def test_sanitizer_verdict_needs_the_case_to_finish():
     assert sanitizer_verdict(0, done) == (True, ['sanitizer case: done', '========= ERROR SUMMARY: 0 errors'])
     assert not sanitizer_verdict(0, crashed)[0]
     assert not sanitizer_verdict(1, done)[0]
+
+
+def test_ncu_details_csv_is_read_per_kernel():
+    """`ncu --csv --page details` interleaves its rows with the program's output and its own
+    ==PROF== lines; each kernel's metrics are kept, argument lists dropped from the names."""
+    sys.path.insert(0, os.path.dirname(TOOL))
+    from gpu_acceptance import NCU_CASE, parse_ncu_csv
+    compile(NCU_CASE, 'ncu_case', 'exec')
+    header = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream",'
+              '"Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit",'
+              '"Metric Value"')
+    row = ('"{id}","1","python","host","{kernel}(const float *, float *)","1","7","(64, 1, 1)",'
+           '"(2, 384, 64)","0","9.0","{section}","{metric}","{unit}","{value}"')
+    output = '\n'.join([
+        '==PROF== Connected to process 1', 'ncu case: done', header,
+        row.format(id=0, kernel='void fwd<float, false>', section='GPU Speed Of Light Throughput',
+                   metric='Compute (SM) Throughput', unit='%', value='31.2'),
+        row.format(id=0, kernel='void fwd<float, false>', section='Occupancy',
+                   metric='Achieved Occupancy', unit='%', value='9.8'),
+        row.format(id=1, kernel='void wgrad<float>', section='Launch Statistics',
+                   metric='Registers Per Thread', unit='register/thread', value='128'),
+        '==PROF== Disconnected from process 1'])
+    assert parse_ncu_csv(output) == {
+        'void fwd<float, false>': [('GPU Speed Of Light Throughput', 'Compute (SM) Throughput', '%', '31.2'),
+                                   ('Occupancy', 'Achieved Occupancy', '%', '9.8')],
+        'void wgrad<float>': [('Launch Statistics', 'Registers Per Thread', 'register/thread', '128')]}
+    assert parse_ncu_csv('==PROF== ERR_NVGPUCTRPERM\n') == {}

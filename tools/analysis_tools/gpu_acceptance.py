@@ -7,7 +7,8 @@ Runs the steps of ``STEPS`` in order and writes one report, ``DIR/acceptance.md`
 logs of the sub-processes land beside them. A step that fails is marked FAILED with its error and
 the next one runs. Steps: the environment; building ``replk_mm._ext`` for this GPU's architecture
 only (skipped when the built one already runs on it); ``tests/ops/test_dwconv_cuda.py``;
-``compute-sanitizer`` memcheck and racecheck on small cases (when the toolkit has it); the seed
+``compute-sanitizer`` memcheck and racecheck on small cases (when the toolkit has it); Nsight
+Compute's counters of the headline kernels (when ``ncu`` is there); the seed
 Table 1 cases and one layer at R = 64, K = 31 in fp32 and fp16, forward and forward + backward,
 ours against PyTorch NCHW and channels_last (cuDNN), with the fraction of the fp32 roofline; a
 RepLKNet-31B training step (batch 32, 224) and an UperNet-31B training step (batch 2, 512)
@@ -16,14 +17,15 @@ against mmpretrain's RepLKNet, with peak memory. Sized for under 8 minutes on an
 
 Without a GPU it prints one ``error:`` line and exits with status 2. ``--emulate`` runs the same
 pipeline on the CPU with tiny sizes, the CUDA kernels compiled for the host
-(``torch.ops.replk_mm_emu``) standing in for the CUDA op; the build and compute-sanitizer steps are
-skipped. Exit status: 0 when every step passed, 1 when one failed, 2 without a GPU.
+(``torch.ops.replk_mm_emu``) standing in for the CUDA op; the build, compute-sanitizer and ncu
+steps are skipped. Exit status: 0 when every step passed, 1 when one failed, 2 without a GPU.
 """
 import argparse
 import copy
 import csv
 import datetime
 import functools
+import glob
 import io
 import os
 import re
@@ -420,6 +422,80 @@ def step_compute_sanitizer(ctx: Context, result: Result) -> None:
         result.row('compute_sanitizer', 'small cases', name, 'errors', 0 if ok else 'yes')
 
 
+# The kernels Nsight Compute profiles: one call each at the headline size (N = 64, C = 384, R = 64,
+# K = 31), after a warm-up call, between torch.cuda.profiler.start() and stop().
+NCU_CASE = '''
+import torch
+import replk_mm._ext
+ops = torch.ops.replk_mm
+x = torch.randn(64, 384, 64, 64, device="cuda")
+w = torch.randn(384, 1, 31, 31, device="cuda")
+calls = [lambda: ops.dwconv2d_forward(x, w, None),
+         lambda: ops.dwconv2d_backward_weight(x, x, 31, False)]
+if torch.cuda.get_device_capability() >= (8, 0):
+    xh, wh = x.half(), w.half()
+    calls.append(lambda: ops.dwconv2d_forward_tc(xh, wh, None))
+for call in calls:
+    call()
+torch.cuda.synchronize()
+torch.cuda.profiler.start()
+for call in calls:
+    call()
+torch.cuda.synchronize()
+torch.cuda.profiler.stop()
+print("ncu case: done")
+'''
+NCU_SECTIONS = ('SpeedOfLight', 'Occupancy', 'LaunchStats', 'ComputeWorkloadAnalysis',
+                'MemoryWorkloadAnalysis', 'WarpStateStats')
+
+
+def find_ncu() -> Optional[str]:
+    from torch.utils.cpp_extension import CUDA_HOME
+    candidates = [shutil.which('ncu'), os.path.join(CUDA_HOME or '', 'bin', 'ncu')]
+    candidates += sorted(glob.glob('/opt/nvidia/nsight-compute/*/ncu'), reverse=True)
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+def parse_ncu_csv(output: str) -> Dict[str, List[Tuple[str, str, str, str]]]:
+    """``ncu --csv --page details`` output -> {kernel: [(section, metric, unit, value), ...]};
+    the lines that are not CSV rows (``==PROF==`` messages, the program's own output) are skipped."""
+    rows = [line for line in output.splitlines() if line.startswith('"')]
+    metrics: Dict[str, List[Tuple[str, str, str, str]]] = {}
+    for row in csv.DictReader(rows):
+        if row.get('Metric Name') and row.get('Kernel Name'):
+            kernel = row['Kernel Name'].split('(')[0].strip()
+            metrics.setdefault(kernel, []).append((row.get('Section Name', ''), row['Metric Name'],
+                                                   row.get('Metric Unit', ''), row.get('Metric Value', '')))
+    return metrics
+
+
+def step_ncu(ctx: Context, result: Result) -> None:
+    tool = find_ncu()
+    if tool is None:
+        result.status = 'not available'
+        result.lines.append('- Nsight Compute (`ncu`) is not on PATH, in $CUDA_HOME/bin nor in '
+                            '/opt/nvidia/nsight-compute: not run')
+        result.row('ncu', '', '', 'available', 'no')
+        return
+    cmd = [tool, '--clock-control', 'none', '--profile-from-start', 'off', '--csv', '--page', 'details',
+           *[arg for section in NCU_SECTIONS for arg in ('--section', section)],
+           sys.executable, '-c', NCU_CASE]
+    status, output = run_logged(cmd, os.path.join(ctx.args.out_dir, 'ncu.log'), 600)
+    metrics = parse_ncu_csv(output)
+    result.lines.append('Hardware counters of one call of each kernel at the headline size (N = 64, '
+                        'C = 384, R = 64, K = 31; fp32 forward and weight gradient, fp16 tensor-core '
+                        'forward), the clocks left as they are (`--clock-control none`); log: ncu.log.')
+    if status != 0 or not metrics:
+        result.status = 'FAILED'
+        result.lines += ['- ncu failed or reported no kernel:'] + last_lines(output, 12)
+        return
+    for kernel, rows in metrics.items():
+        result.lines += ['', f'### {kernel}', '', '| section | metric | unit | value |', '|---|---|---|---|']
+        for section, name, unit, value in rows:
+            result.lines.append(f'| {section} | {name} | {unit} | {value} |')
+            result.row('ncu', kernel, section, f'{name} ({unit})' if unit else name, value)
+
+
 def step_table1(ctx: Context, result: Result) -> None:
     s = ctx.sizes
     result.lines += [f'{s.layers} stacked layers on ({s.table1_batch}, {s.channels}, R, R), fp32; ms, best of '
@@ -571,6 +647,7 @@ STEPS = [  # the build first: the package (which loads replk_mm._ext) is importe
     Step('environment', 'Environment', step_environment),
     Step('tests', 'Tests', step_tests),
     Step('compute_sanitizer', 'compute-sanitizer', step_compute_sanitizer, on_emulation=False),
+    Step('ncu', 'Nsight Compute counters of the headline kernels', step_ncu, on_emulation=False),
     Step('table1', 'Seed Table 1', step_table1),
     Step('headline', 'One layer at the headline size, fp32 and fp16', step_headline),
     Step('replknet31b', 'RepLKNet-31B training step', step_replknet),
