@@ -179,9 +179,9 @@ def grad_follows() -> Iterator[None]:
 
 
 def _needs_grad(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    follows = not torch.compiler.is_compiling() and getattr(_grad_follows, 'active', False)
-    return (torch.is_grad_enabled() or follows) and any(
-        t is not None and t.requires_grad for t in (x, weight, bias))
+    grad_counts = torch.is_grad_enabled() or (
+        not torch.compiler.is_compiling() and getattr(_grad_follows, 'active', False))
+    return grad_counts and any(t is not None and t.requires_grad for t in (x, weight, bias))
 
 
 def _in_backward() -> bool:

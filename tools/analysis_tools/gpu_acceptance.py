@@ -380,14 +380,14 @@ def step_tests(ctx: Context, result: Result) -> None:
         result.lines += last_lines(output)
 
 
-def find_compute_sanitizer() -> Optional[str]:
+def find_cuda_tool(name: str, *patterns: str) -> Optional[str]:
+    """``name`` on PATH, else in ``$CUDA_HOME/bin`` or ``/usr/local/cuda/bin``, else the last match
+    of ``patterns`` (globs: tools installed beside the toolkit)."""
     from torch.utils.cpp_extension import CUDA_HOME
-    found = shutil.which('compute-sanitizer')
-    for home in (CUDA_HOME, '/usr/local/cuda'):
-        path = os.path.join(home or '', 'bin', 'compute-sanitizer')
-        if not found and home and os.access(path, os.X_OK):
-            found = path
-    return found
+    candidates = [shutil.which(name)] + [os.path.join(home, 'bin', name)
+                                         for home in (CUDA_HOME, '/usr/local/cuda') if home]
+    candidates += [path for pattern in patterns for path in sorted(glob.glob(pattern), reverse=True)]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
 def sanitizer_verdict(status: int, output: str) -> Tuple[bool, List[str]]:
@@ -400,7 +400,7 @@ def sanitizer_verdict(status: int, output: str) -> Tuple[bool, List[str]]:
 
 
 def step_compute_sanitizer(ctx: Context, result: Result) -> None:
-    tool = find_compute_sanitizer()
+    tool = find_cuda_tool('compute-sanitizer')
     if tool is None:
         result.status = 'not available'
         result.lines.append('- compute-sanitizer is not on PATH nor in $CUDA_HOME/bin: not run (it '
@@ -443,17 +443,9 @@ for call in calls:
     call()
 torch.cuda.synchronize()
 torch.cuda.profiler.stop()
-print("ncu case: done")
 '''
 NCU_SECTIONS = ('SpeedOfLight', 'Occupancy', 'LaunchStats', 'ComputeWorkloadAnalysis',
                 'MemoryWorkloadAnalysis', 'WarpStateStats')
-
-
-def find_ncu() -> Optional[str]:
-    from torch.utils.cpp_extension import CUDA_HOME
-    candidates = [shutil.which('ncu'), os.path.join(CUDA_HOME or '', 'bin', 'ncu')]
-    candidates += sorted(glob.glob('/opt/nvidia/nsight-compute/*/ncu'), reverse=True)
-    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
 def parse_ncu_csv(output: str) -> Dict[str, List[Tuple[str, str, str, str]]]:
@@ -470,11 +462,11 @@ def parse_ncu_csv(output: str) -> Dict[str, List[Tuple[str, str, str, str]]]:
 
 
 def step_ncu(ctx: Context, result: Result) -> None:
-    tool = find_ncu()
+    tool = find_cuda_tool('ncu', '/opt/nvidia/nsight-compute/*/ncu')
     if tool is None:
         result.status = 'not available'
-        result.lines.append('- Nsight Compute (`ncu`) is not on PATH, in $CUDA_HOME/bin nor in '
-                            '/opt/nvidia/nsight-compute: not run')
+        result.lines.append('- Nsight Compute (`ncu`) is not on PATH, in $CUDA_HOME/bin, '
+                            '/usr/local/cuda/bin nor /opt/nvidia/nsight-compute: not run')
         result.row('ncu', '', '', 'available', 'no')
         return
     cmd = [tool, '--clock-control', 'none', '--profile-from-start', 'off', '--csv', '--page', 'details',
