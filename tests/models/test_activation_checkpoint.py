@@ -1,10 +1,14 @@
-"""``checkpointed``: the recomputed block gives the plain block's outputs and gradients, through
-one autograd node when its input requires grad and through saved-tensor hooks when it does not."""
+"""``checkpointed``: the recomputed block gives the plain block's outputs, gradients and batch-norm
+running statistics, through one autograd node when its input requires grad and through
+saved-tensor hooks when it does not."""
 import os
 
+import pytest
 import torch
 import torch.nn as nn
 
+from replk_mm.models.layers import UniRepLKNetBlock
+from replk_mm.models.layers.batch_norm import BatchNorm2d
 from replk_mm.models.utils import checkpointed
 
 
@@ -49,9 +53,56 @@ def test_no_grad_runs_the_block_plainly():
     assert y.grad_fn is None
 
 
+def _norm_state(module: nn.Module) -> list:
+    return [b.clone() for name, b in module.named_buffers()
+            if name.rsplit('.', 1)[-1] in ('running_mean', 'running_var', 'num_batches_tracked')]
+
+
+@pytest.mark.parametrize('norm', [nn.BatchNorm2d, BatchNorm2d], ids=['torch_bn', 'package_bn'])
+@pytest.mark.parametrize('momentum', [0.1, None])
+@pytest.mark.parametrize('input_grad', [True, False], ids=['reentrant', 'non_reentrant'])
+def test_running_statistics_update_once_per_step(norm, momentum, input_grad):
+    """The recomputation normalizes with the batch statistics but does not update the running
+    ones a second time: after three steps they equal the plain block's exactly (before, both
+    passes updated them: an effective momentum of 0.19 instead of 0.1, the count doubled)."""
+    states = []
+    for with_cp in (False, True):
+        torch.manual_seed(0)
+        module = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), norm(4, momentum=momentum),
+                               nn.GELU(), nn.Dropout(0.5))
+        for step in range(3):
+            x = torch.randn(2, 4, 9, 9, generator=torch.Generator().manual_seed(step),
+                            requires_grad=input_grad)
+            run(module, x, with_cp)
+        assert module[1].momentum == momentum  # restored after the recomputation
+        states.append(_norm_state(module))
+    for plain, ckpt in zip(*states):
+        assert torch.equal(plain, ckpt)
+
+
+def test_unireplknet_block_updates_running_statistics_once():
+    """The bound-method form (``checkpointed(self._forward, x)``) finds the block's batch norms."""
+    states, grads = [], []
+    for with_cp in (False, True):
+        torch.manual_seed(0)
+        block = UniRepLKNetBlock(8, 7, drop_path=0.5, with_cp=with_cp)
+        for step in range(2):
+            x = torch.randn(2, 8, 10, 10, generator=torch.Generator().manual_seed(step),
+                            requires_grad=True)
+            torch.manual_seed(5)
+            block(x).square().sum().backward()
+        states.append(_norm_state(block))
+        grads.append([p.grad.clone() for p in block.parameters()])
+    assert len(states[0]) == 6 * 3  # dwconv's 4 (K = 7 and its 3 dilated branches), norm, pwconv2.2
+    for plain, ckpt in zip(*states):
+        assert torch.equal(plain, ckpt)
+    for plain, ckpt in zip(*grads):
+        torch.testing.assert_close(ckpt, plain)
+
+
 def _ddp_rank(rank: int, init_file: str, out_dir: str) -> None:
     """Two SGD steps of a tiny RepLKNet (drop path 0.3) under DDP, without and with checkpointing;
-    the final parameters of each."""
+    the final parameters and batch-norm statistics of each."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -60,7 +111,7 @@ def _ddp_rank(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     arch = dict(large_kernel_sizes=[13, 11, 9, 7], layers=[1, 1, 2, 1], channels=[8, 8, 16, 16],
                 small_kernel=3)
-    params = {}
+    state = {}
     for with_cp in (False, True):
         torch.manual_seed(0)
         model = DistributedDataParallel(RepLKNet(dict(arch), drop_path_rate=0.3, with_cp=with_cp))
@@ -70,18 +121,21 @@ def _ddp_rank(rank: int, init_file: str, out_dir: str) -> None:
             optim.zero_grad()
             sum(o.square().mean() for o in model(torch.randn(2, 3, 64, 64))).backward()
             optim.step()
-        params[str(with_cp)] = [p.detach().clone() for p in model.module.parameters()]
-    torch.save(params, os.path.join(out_dir, f'{rank}.pt'))
+        state[str(with_cp)] = dict(params=[p.detach().clone() for p in model.module.parameters()],
+                                   norms=_norm_state(model.module))
+    torch.save(state, os.path.join(out_dir, f'{rank}.pt'))
     dist.destroy_process_group()
 
 
 def test_ddp_trains_the_same_with_checkpointing(tmp_path):
     """DDP's gradient hooks fire inside the re-entrant recomputation: the two ranks end with the
-    parameters of the run without checkpointing."""
+    parameters and batch-norm running statistics of the run without checkpointing (the
+    statistics are each rank's own: its last batch updated them after the broadcast)."""
     torch.multiprocessing.spawn(_ddp_rank, (str(tmp_path / 'init'), str(tmp_path)), nprocs=2)
     runs = [torch.load(tmp_path / f'{rank}.pt') for rank in range(2)]
     for run in runs:
-        for plain, ckpt in zip(run['False'], run['True']):
-            torch.testing.assert_close(ckpt, plain, rtol=1e-5, atol=1e-6)
-    for a, b in zip(runs[0]['True'], runs[1]['True']):
+        for part in ('params', 'norms'):
+            for plain, ckpt in zip(run['False'][part], run['True'][part]):
+                torch.testing.assert_close(ckpt, plain, rtol=1e-5, atol=1e-6)
+    for a, b in zip(runs[0]['True']['params'], runs[1]['True']['params']):
         torch.testing.assert_close(a, b)
