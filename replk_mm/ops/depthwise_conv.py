@@ -184,9 +184,15 @@ def _needs_grad(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     return grad_counts and any(t is not None and t.requires_grad for t in (x, weight, bias))
 
 
+#: torch's (private) query for the backward pass running in this thread: -1 outside one
+_graph_task_id: Optional[Callable[[], int]] = getattr(torch._C, '_current_graph_task_id', None)
+
+
 def _in_backward() -> bool:
-    """Whether the autograd engine is running a backward pass in this thread."""
-    return torch._C._current_graph_task_id() != -1
+    """Whether the autograd engine is running a backward pass in this thread. False where torch
+    lacks the query (it is private): a key first met in a backward pass is then measured in a
+    fresh thread, which on CUDA would wait forever; ``with_cp`` meets its keys in the forward."""
+    return _graph_task_id is not None and _graph_task_id() != -1
 
 
 class _Measurement(NamedTuple):

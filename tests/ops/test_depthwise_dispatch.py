@@ -170,6 +170,19 @@ def test_a_key_first_met_in_a_backward_pass_is_measured_in_its_thread(monkeypatc
     torch.testing.assert_close(x.grad, expected)
 
 
+def test_without_torchs_backward_query_the_dispatch_still_measures(monkeypatch):
+    """``torch._C._current_graph_task_id`` is private: where a torch lacks it, keys are measured
+    in a fresh thread (on the CPU also inside a backward pass) instead of failing every call."""
+    monkeypatch.setattr(dw, '_graph_task_id', None)
+    calls = spy_measure(monkeypatch)
+    w = torch.randn(4, 1, 5, 5, requires_grad=True)
+    x = torch.randn(1, 4, 9, 9, requires_grad=True)
+    depthwise_conv2d(x, w).square().sum().backward()
+    assert calls == [(True, False)]
+    torch.testing.assert_close(
+        x.grad, torch.autograd.grad(F.conv2d(x, w, padding=2, groups=4).square().sum(), x)[0])
+
+
 def test_fastest_candidate_wins(monkeypatch):
     monkeypatch.setattr(dw, '_measure', lambda *a, **k: dw._Measurement(
         {'torch': 2.0, 'torch_channels_last': 1.0}, {}))
