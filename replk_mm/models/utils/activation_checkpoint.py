@@ -52,6 +52,10 @@ def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) ->
     """
     if not torch.is_grad_enabled():
         return fn(x)
+    if torch.compiler.is_compiling():
+        # Dynamo traces checkpointing as one higher-order op and recomputes in the backward graph,
+        # where the statistics' update (a forward mutation) is not repeated; it takes no context_fn
+        return cp.checkpoint(fn, x, use_reentrant=x.requires_grad)
     module = fn if isinstance(fn, nn.Module) else getattr(fn, '__self__', None)
     if not x.requires_grad:
         return cp.checkpoint(fn, x, use_reentrant=False, context_fn=lambda: (
