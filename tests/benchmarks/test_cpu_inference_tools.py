@@ -41,11 +41,11 @@ def test_whole_segmentor_against_the_onnx_runtimes(tmp_path):
 
 def test_profile_inference_tables(tmp_path):
     """tools/analysis_tools/profile_inference.py: the inference form's operators (fused oneDNN
-    convs among them) and OpenVINO's layers, per forward."""
+    convs among them) and OpenVINO's layers, per forward; both sides' convs by shape."""
     run_tool('profile_inference.py', '--shape', '64', '64', '--threads', '1', '--repeats', '1',
              '--out', str(tmp_path))
     text = (tmp_path / 'profile.md').read_text()
-    ours, openvino = text.split('### ')[1:]
+    ours, openvino, by_shape = text.split('### ')[1:]
     assert ours.startswith('replk_mm') and '| mkldnn::_convolution_pointwise |' in ours
     alone = re.search(r'The (\d+) fused convs of one forward, each timed alone on its input '
                       r'\(median of 7 calls\): ([\d.]+) ms in all', ours)
@@ -53,6 +53,15 @@ def test_profile_inference_tables(tmp_path):
     assert alone and convs and int(alone.group(1)) == int(convs.group(1)) > 0
     assert float(alone.group(2)) > 0
     assert openvino.startswith('OpenVINO') and '| Convolution (' in openvino
+    rows = [r.split(' | ') for r in by_shape.splitlines() if r.startswith(('| dense', '| depth'))]
+    kinds = {r[0][2:] for r in rows}
+    assert kinds == {'dense', 'depth-wise'}  # the demo RepLKNet's large kernels are depth-wise
+    calls = [re.fullmatch(r'[\d.]+ \((\d+)\)', r[c]) for r in rows for c in (3, 4)]
+    assert all(calls)
+    # every conv of ours found its shape on OpenVINO's side, most with the same count
+    assert all(int(r[4].split('(')[1].rstrip(')')) > 0 for r in rows
+               if int(r[3].split('(')[1].rstrip(')')) > 0 and r[0] == '| dense')
+    assert sum(int(m.group(1)) for m in calls[0::2]) >= int(alone.group(1))
 
 
 def test_winograd_benchmark_table(tmp_path):

@@ -11,7 +11,9 @@ by layer type and kernel over as many inferences of the file ``replk_mm.deploy.o
 (f32, latency hint, the same threads). Both after two warm-up forwards. Below our table, the
 fused convs of one forward timed one by one outside the model (each on the input it had in the
 forward, median of 7 calls): what they cost without the rest of the model around them, to set
-beside OpenVINO's convs. Writes ``profile.md``.
+beside OpenVINO's convs. Last, both sides' convs by shape (dense or depth-wise, channels in ->
+out, output size): ours each timed alone as above (the depth-wise ones too), OpenVINO's from
+the same ``PERF_COUNT`` runs. Writes ``profile.md``.
 """
 import argparse
 import collections
@@ -32,8 +34,11 @@ from replk_mm.deploy.equivalence import model_kind
 from replk_mm.deploy.inference import FusedConv2d
 from replk_mm.deploy.onnx_export import (InferenceModule, compile_openvino, export_onnx,
                                          openvino_runtime)
+from replk_mm.ops import DepthwiseConv2d
 
 Rows = List[Tuple[str, float, int]]  # (operator, ms per forward, calls per forward)
+ConvShape = Tuple[str, int, int, int, int]  # (dense | depth-wise, C_in, C_out, H_out, W_out)
+ByShape = Dict[ConvShape, List[float]]  # shape -> [ms per forward, calls per forward]
 
 
 def profile_ours(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> Rows:
@@ -47,46 +52,92 @@ def profile_ours(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> Rows
     return [(e.key, e.self_cpu_time_total / 1e3 / repeats, e.count // repeats) for e in events]
 
 
-def fused_convs_alone(module: torch.nn.Module, x: torch.Tensor) -> Tuple[float, int]:
-    """``(ms, calls)``: the sum over the fused convs of one forward, each timed alone on the
-    input it had in that forward (median of 7 calls)."""
+def convs_alone(module: torch.nn.Module, x: torch.Tensor) -> Tuple[float, int, ByShape]:
+    """``(ms, calls, by shape)``: the sum over the fused convs of one forward, each timed alone on
+    the input it had in that forward (median of 7 calls), and every conv of that forward (the
+    depth-wise ones too) timed so, by shape."""
     calls = []
 
     def record(conv: torch.nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
         calls.append((conv, [a.clone() for a in args],
-                      {k: v.clone() for k, v in kwargs.items() if v is not None}))
+                      {k: v.clone() for k, v in kwargs.items() if v is not None},
+                      tuple(out.shape)))
 
-    convs = [m for m in module.modules() if isinstance(m, FusedConv2d)]
+    convs = [m for m in module.modules() if isinstance(m, (FusedConv2d, DepthwiseConv2d))]
     hooks = [c.register_forward_hook(record, with_kwargs=True) for c in convs]
+    fused_ms, fused_calls = 0.0, 0
+    by_shape: ByShape = collections.defaultdict(lambda: [0.0, 0])
     with torch.no_grad():
         module(x)
         for hook in hooks:
             hook.remove()
-        total = 0.0
-        for conv, args, kwargs in calls:
+        for conv, args, kwargs, out_shape in calls:
             times = []
             for _ in range(7):
                 start = time.perf_counter()
                 conv(*args, **kwargs)
                 times.append(time.perf_counter() - start)
-            total += statistics.median(times)
-    return total * 1e3, len(calls)
+            ms = statistics.median(times) * 1e3
+            in_channels = args[0].shape[1]
+            depthwise = isinstance(conv, DepthwiseConv2d) or conv.groups == in_channels > 1
+            entry = by_shape['depth-wise' if depthwise else 'dense', in_channels, *out_shape[1:]]
+            entry[0] += ms
+            entry[1] += 1
+            if isinstance(conv, FusedConv2d):
+                fused_ms += ms
+                fused_calls += 1
+    return fused_ms, fused_calls, by_shape
 
 
-def profile_openvino(path: str, x: torch.Tensor, threads: int, repeats: int) -> Rows:
-    request = compile_openvino(path, x.shape, threads, profile=True).create_infer_request()
+def profile_openvino(path: str, x: torch.Tensor, threads: int,
+                     repeats: int) -> Tuple[Rows, ByShape]:
+    """OpenVINO's layers by type and kernel, and its convs by shape (from the executed graph:
+    ``Convolution`` / ``GroupConvolution`` nodes, depth-wise where the kernel says ``_dw``)."""
+    compiled = compile_openvino(path, x.shape, threads, profile=True)
+    request = compiled.create_infer_request()
     for _ in range(2):
         request.infer([x.numpy()])
     ms: Dict[str, float] = collections.defaultdict(float)
     calls: Dict[str, int] = collections.Counter()
+    node_ms: Dict[str, float] = collections.defaultdict(float)
     for _ in range(repeats):
         request.infer([x.numpy()])
         for layer in request.profiling_info:
             if layer.status == layer.Status.EXECUTED:
                 key = f'{layer.node_type} ({layer.exec_type})'
-                ms[key] += layer.real_time.total_seconds() * 1e3 / repeats
+                layer_ms = layer.real_time.total_seconds() * 1e3 / repeats
+                ms[key] += layer_ms
                 calls[key] += 1
-    return [(key, ms[key], calls[key] // repeats) for key in ms]
+                node_ms[layer.node_name] += layer_ms
+    by_shape: ByShape = collections.defaultdict(lambda: [0.0, 0])
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer_type = info['layerType'].astype(str)
+        if layer_type not in ('Convolution', 'GroupConvolution'):
+            continue
+        depthwise = layer_type == 'GroupConvolution' or '_dw' in info['primitiveType'].astype(str)
+        in_shape = op.input(0).get_partial_shape().to_shape()
+        out_shape = op.output(0).get_partial_shape().to_shape()
+        entry = by_shape['depth-wise' if depthwise else 'dense', in_shape[1], *out_shape[1:]]
+        entry[0] += node_ms.get(op.get_friendly_name(), 0.0)
+        entry[1] += 1
+    return [(key, ms[key], calls[key] // repeats) for key in ms], by_shape
+
+
+def shape_table(ours: ByShape, openvino: ByShape) -> List[str]:
+    """Both sides' convs by shape, ms per forward (calls)."""
+    lines = ['### Convs by shape: ours each timed alone, OpenVINO in its graph', '',
+             '| conv | channels in -> out | output | ours ms (calls) | OpenVINO ms (calls) '
+             '| ours / OpenVINO |', '|---|---|---|---|---|---|']
+    for key in sorted(set(ours) | set(openvino)):
+        kind, c_in, c_out, h, w = key
+        a, b = ours.get(key, (0.0, 0)), openvino.get(key, (0.0, 0))
+        ratio = f'{a[0] / b[0]:.2f}' if a[1] and b[1] and b[0] > 0 else ''
+        lines.append(f'| {kind} | {c_in} -> {c_out} | {h} x {w} | {a[0]:.2f} ({a[1]}) '
+                     f'| {b[0]:.2f} ({b[1]}) | {ratio} |')
+    total_ours, total_ov = sum(v[0] for v in ours.values()), sum(v[0] for v in openvino.values())
+    return lines + [f'| all | | | {total_ours:.2f} | {total_ov:.2f} | '
+                    f'{total_ours / total_ov:.2f} |' if total_ov > 0 else '| all | | | | | |', '']
 
 
 def table(title: str, rows: Rows) -> List[str]:
@@ -122,14 +173,15 @@ def main() -> None:
         module = InferenceModule(optimize_for_inference(model), kind)
         lines += table('replk_mm (torch.profiler, self CPU time)', profile_ours(
             module, x, args.repeats))
-        alone_ms, calls = fused_convs_alone(module, x)
+        alone_ms, calls, ours_by_shape = convs_alone(module, x)
         lines += [f'The {calls} fused convs of one forward, each timed alone on its input '
                   f'(median of 7 calls): {alone_ms:.1f} ms in all.', '']
         if openvino_runtime() is None:
             lines.append('OpenVINO not installed (pip install -e .[deploy]): no second table.')
         else:
-            lines += table('OpenVINO (PERF_COUNT, by layer type and kernel)', profile_openvino(
-                path, x, args.threads, args.repeats))
+            rows, openvino_by_shape = profile_openvino(path, x, args.threads, args.repeats)
+            lines += table('OpenVINO (PERF_COUNT, by layer type and kernel)', rows)
+            lines += shape_table(ours_by_shape, openvino_by_shape)
     text = '\n'.join(lines) + '\n'
     print(text)
     os.makedirs(args.out, exist_ok=True)
