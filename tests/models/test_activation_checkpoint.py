@@ -12,9 +12,10 @@ from replk_mm.models.layers.batch_norm import BatchNorm2d
 from replk_mm.models.utils import checkpointed
 
 
-def block() -> nn.Module:
+def block(norm: type = nn.BatchNorm2d, momentum: float = 0.1) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.GELU(), nn.Dropout(0.5))
+    return nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), norm(4, momentum=momentum), nn.GELU(),
+                         nn.Dropout(0.5))
 
 
 def run(module: nn.Module, x: torch.Tensor, with_cp: bool):
@@ -67,9 +68,7 @@ def test_running_statistics_update_once_per_step(norm, momentum, input_grad):
     passes updated them: an effective momentum of 0.19 instead of 0.1, the count doubled)."""
     states = []
     for with_cp in (False, True):
-        torch.manual_seed(0)
-        module = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), norm(4, momentum=momentum),
-                               nn.GELU(), nn.Dropout(0.5))
+        module = block(norm, momentum)
         for step in range(3):
             x = torch.randn(2, 4, 9, 9, generator=torch.Generator().manual_seed(step),
                             requires_grad=input_grad)

@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch.profiler import profile
@@ -38,7 +38,7 @@ from replk_mm.ops import DepthwiseConv2d
 
 Rows = List[Tuple[str, float, int]]  # (operator, ms per forward, calls per forward)
 ConvShape = Tuple[str, int, int, int, int]  # (dense | depth-wise, C_in, C_out, H_out, W_out)
-ByShape = Dict[ConvShape, List[float]]  # shape -> [ms per forward, calls per forward]
+ByShape = Dict[ConvShape, list]  # shape -> [ms per forward, calls per forward]
 
 
 def profile_ours(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> Rows:
@@ -50,6 +50,14 @@ def profile_ours(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> Rows
                 module(x)
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     return [(e.key, e.self_cpu_time_total / 1e3 / repeats, e.count // repeats) for e in events]
+
+
+def _add(by_shape: ByShape, kind: str, in_channels: int, out_shape: Sequence[int],
+         ms: float) -> None:
+    """Count one conv of ``kind`` with output ``(N, C_out, H, W)`` taking ``ms``."""
+    entry = by_shape[kind, in_channels, *out_shape[1:]]
+    entry[0] += ms
+    entry[1] += 1
 
 
 def convs_alone(module: torch.nn.Module, x: torch.Tensor) -> Tuple[float, int, ByShape]:
@@ -80,9 +88,7 @@ def convs_alone(module: torch.nn.Module, x: torch.Tensor) -> Tuple[float, int, B
             ms = statistics.median(times) * 1e3
             in_channels = args[0].shape[1]
             depthwise = isinstance(conv, DepthwiseConv2d) or conv.groups == in_channels > 1
-            entry = by_shape['depth-wise' if depthwise else 'dense', in_channels, *out_shape[1:]]
-            entry[0] += ms
-            entry[1] += 1
+            _add(by_shape, 'depth-wise' if depthwise else 'dense', in_channels, out_shape, ms)
             if isinstance(conv, FusedConv2d):
                 fused_ms += ms
                 fused_calls += 1
@@ -118,9 +124,8 @@ def profile_openvino(path: str, x: torch.Tensor, threads: int,
         depthwise = layer_type == 'GroupConvolution' or '_dw' in info['primitiveType'].astype(str)
         in_shape = op.input(0).get_partial_shape().to_shape()
         out_shape = op.output(0).get_partial_shape().to_shape()
-        entry = by_shape['depth-wise' if depthwise else 'dense', in_shape[1], *out_shape[1:]]
-        entry[0] += node_ms.get(op.get_friendly_name(), 0.0)
-        entry[1] += 1
+        _add(by_shape, 'depth-wise' if depthwise else 'dense', in_shape[1], out_shape,
+             node_ms.get(op.get_friendly_name(), 0.0))
     return [(key, ms[key], calls[key] // repeats) for key in ms], by_shape
 
 
@@ -129,15 +134,17 @@ def shape_table(ours: ByShape, openvino: ByShape) -> List[str]:
     lines = ['### Convs by shape: ours each timed alone, OpenVINO in its graph', '',
              '| conv | channels in -> out | output | ours ms (calls) | OpenVINO ms (calls) '
              '| ours / OpenVINO |', '|---|---|---|---|---|---|']
+    def ratio(a: float, b: float) -> str:
+        return f'{a / b:.2f}' if a > 0 and b > 0 else ''
+
     for key in sorted(set(ours) | set(openvino)):
         kind, c_in, c_out, h, w = key
         a, b = ours.get(key, (0.0, 0)), openvino.get(key, (0.0, 0))
-        ratio = f'{a[0] / b[0]:.2f}' if a[1] and b[1] and b[0] > 0 else ''
         lines.append(f'| {kind} | {c_in} -> {c_out} | {h} x {w} | {a[0]:.2f} ({a[1]}) '
-                     f'| {b[0]:.2f} ({b[1]}) | {ratio} |')
+                     f'| {b[0]:.2f} ({b[1]}) | {ratio(a[0], b[0])} |')
     total_ours, total_ov = sum(v[0] for v in ours.values()), sum(v[0] for v in openvino.values())
     return lines + [f'| all | | | {total_ours:.2f} | {total_ov:.2f} | '
-                    f'{total_ours / total_ov:.2f} |' if total_ov > 0 else '| all | | | | | |', '']
+                    f'{ratio(total_ours, total_ov)} |', '']
 
 
 def table(title: str, rows: Rows) -> List[str]:
