@@ -41,11 +41,12 @@ def test_whole_segmentor_against_the_onnx_runtimes(tmp_path):
 
 def test_profile_inference_tables(tmp_path):
     """tools/analysis_tools/profile_inference.py: the inference form's operators (fused oneDNN
-    convs among them) and OpenVINO's layers, per forward; both sides' convs by shape."""
+    convs among them) and OpenVINO's layers, per forward; both sides' convs by shape; the time
+    budget of one forward."""
     run_tool('profile_inference.py', '--shape', '64', '64', '--threads', '1', '--repeats', '1',
              '--out', str(tmp_path))
     text = (tmp_path / 'profile.md').read_text()
-    ours, openvino, by_shape = text.split('### ')[1:]
+    ours, openvino, by_shape, budget = text.split('### ')[1:]
     assert ours.startswith('replk_mm') and '| mkldnn::_convolution_pointwise |' in ours
     alone = re.search(r'The (\d+) fused convs of one forward, each timed alone on its input '
                       r'\(median of 7 calls\): ([\d.]+) ms in all', ours)
@@ -62,6 +63,18 @@ def test_profile_inference_tables(tmp_path):
     assert all(int(r[4].split('(')[1].rstrip(')')) > 0 for r in rows
                if int(r[3].split('(')[1].rstrip(')')) > 0 and r[0] == '| dense')
     assert sum(int(m.group(1)) for m in calls[0::2]) >= int(alone.group(1))
+    # the budget: oneDNN's verbose log was read (its primitives ran and took time), and the parts
+    # of our wall time add up to it
+    parts = {r.split(' | ')[1].split(' (')[0]: float(r.split(' | ')[2].rstrip(' |'))
+             for r in budget.splitlines() if r.startswith('| ours |')}
+    assert list(parts) == ['wall time', 'oneDNN primitives executing', "the package's kernels",
+                           'other operators', 'the rest: set-up of each oneDNN call, Python, '
+                           'allocation']
+    primitives = re.search(r'oneDNN primitives executing \((\d+) a forward', budget)
+    assert primitives and int(primitives.group(1)) > 0
+    assert 0 < parts['oneDNN primitives executing'] < parts['wall time']
+    assert abs(parts['wall time'] - sum(list(parts.values())[1:])) < 0.3  # (rounded to 0.1 ms)
+    assert '| OpenVINO | its layers (PERF_COUNT) |' in budget
 
 
 def test_winograd_benchmark_table(tmp_path):
