@@ -63,13 +63,13 @@ def test_profile_inference_tables(tmp_path):
     assert all(int(r[4].split('(')[1].rstrip(')')) > 0 for r in rows
                if int(r[3].split('(')[1].rstrip(')')) > 0 and r[0] == '| dense')
     assert sum(int(m.group(1)) for m in calls[0::2]) >= int(alone.group(1))
-    # the budget: oneDNN's verbose log was read (its primitives ran and took time), and the parts
-    # of our wall time add up to it
+    # the budget of the profiled forwards: oneDNN's verbose log was read (its primitives ran and
+    # took time), and the parts of our wall time add up to it
     parts = {r.split(' | ')[1].split(' (')[0]: float(r.split(' | ')[2].rstrip(' |'))
              for r in budget.splitlines() if r.startswith('| ours |')}
     assert list(parts) == ['wall time', 'oneDNN primitives executing', "the package's kernels",
                            'other operators', 'the rest: set-up of each oneDNN call, Python, '
-                           'allocation']
+                           'allocation, profiling']
     primitives = re.search(r'oneDNN primitives executing \((\d+) a forward', budget)
     assert primitives and int(primitives.group(1)) > 0
     assert 0 < parts['oneDNN primitives executing'] < parts['wall time']

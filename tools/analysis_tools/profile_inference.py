@@ -13,21 +13,22 @@ fused convs of one forward timed one by one outside the model (each on the input
 forward, median of 7 calls): what they cost without the rest of the model around them, to set
 beside OpenVINO's convs. Last, both sides' convs by shape (dense or depth-wise, channels in ->
 out, output size): ours each timed alone as above (the depth-wise ones too), OpenVINO's from
-the same ``PERF_COUNT`` runs. Then the time budget of one forward on each side: the wall time
-(median, no profiler) and the part of it that the kernels take (ours: oneDNN's own execution
-times from its verbose log, ``ONEDNN_VERBOSE``, without PyTorch's set-up of each call, and the
-package's kernels; OpenVINO: its layers), the rest being what lies between and around the
+the same ``PERF_COUNT`` runs. Then the time budget of those profiled runs on each side: their
+wall time and the part of it that the kernels take (ours: oneDNN's primitives by its own timer,
+from its verbose log, i.e. without PyTorch's set-up of each call; the package's kernels and the
+other operators by the profiler; OpenVINO: its layers); the rest lies between and around the
 kernels. Writes ``profile.md``.
 """
 import argparse
 import collections
+import contextlib
 import ctypes
 import os
 import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.profiler import profile
@@ -44,72 +45,69 @@ from replk_mm.ops import DepthwiseConv2d
 Rows = List[Tuple[str, float, int]]  # (operator, ms per forward, calls per forward)
 ConvShape = Tuple[str, int, int, int, int]  # (dense | depth-wise, C_in, C_out, H_out, W_out)
 ByShape = Dict[ConvShape, list]  # shape -> [ms per forward, calls per forward]
+Budget = Tuple[float, float, int]  # (wall ms, oneDNN execution ms, oneDNN primitives) a forward
 
 
-def profile_ours(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> Rows:
-    with torch.no_grad():
-        for _ in range(2):
-            module(x)
-        with profile() as prof:
-            for _ in range(repeats):
-                module(x)
-    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    return [(e.key, e.self_cpu_time_total / 1e3 / repeats, e.count // repeats) for e in events]
-
-
-def wall_ms(run: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``run()`` over ``max(repeats, 5)`` calls, in ms."""
-    times = []
-    for _ in range(max(repeats, 5)):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def onednn_exec(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> Tuple[float, int]:
-    """``(ms, primitives)`` per forward: the time oneDNN's primitives spend executing, by its own
-    timer (the verbose log, which oneDNN writes to file descriptor 1), and how many run."""
+@contextlib.contextmanager
+def onednn_exec_log() -> Iterator[List[float]]:
+    """Collects the execution time (ms) of every oneDNN primitive run inside the block, by
+    oneDNN's own timer: its verbose log, which it writes to file descriptor 1."""
     libc = ctypes.CDLL(None)
-    with tempfile.TemporaryFile(mode='w+') as log, torch.no_grad():
-        module(x)
+    times: List[float] = []
+    with tempfile.TemporaryFile(mode='w+') as log:
         sys.stdout.flush()
         libc.fflush(None)
         saved = os.dup(1)
         os.dup2(log.fileno(), 1)
         try:
             with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
-                for _ in range(repeats):
-                    module(x)
+                yield times
             libc.fflush(None)
         finally:
             os.dup2(saved, 1)
             os.close(saved)
         log.seek(0)
-        times = [float(line.rsplit(',', 1)[1]) for line in log if ',primitive,exec,' in line]
-    return sum(times) / repeats, len(times) // repeats
+        times += [float(line.rsplit(',', 1)[1]) for line in log if ',primitive,exec,' in line]
 
 
-def budget_table(ours_wall: float, onednn: Tuple[float, int], ours_rows: Rows,
+def profile_ours(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> Tuple[Rows, Budget]:
+    """Operators by self CPU time, and the budget of the same forwards: wall time, oneDNN's
+    execution time and primitives, per forward."""
+    with torch.no_grad():
+        for _ in range(2):
+            module(x)
+        with onednn_exec_log() as exec_times, profile() as prof:
+            start = time.perf_counter()
+            for _ in range(repeats):
+                module(x)
+            wall = (time.perf_counter() - start) * 1e3 / repeats
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    rows = [(e.key, e.self_cpu_time_total / 1e3 / repeats, e.count // repeats) for e in events]
+    return rows, (wall, sum(exec_times) / repeats, len(exec_times) // repeats)
+
+
+def budget_table(ours: Budget, ours_rows: Rows,
                  openvino: Optional[Tuple[float, float]]) -> List[str]:
-    """Wall time of one forward against the time its kernels and operators run, ours and
-    (``(wall, sum of layers)``) OpenVINO's."""
-    exec_ms, primitives = onednn
+    """Where the wall time of the profiled forwards went, ours (:func:`profile_ours`) and OpenVINO's
+    (``(wall, sum of layers)``)."""
+    wall, exec_ms, primitives = ours
     package_ms = sum(ms for name, ms, _ in ours_rows if name.startswith('replk_mm::'))
     other_ms = sum(ms for name, ms, _ in ours_rows
                    if not name.startswith('replk_mm::') and 'mkldnn' not in name)
-    rest = ours_wall - exec_ms - package_ms - other_ms
-    lines = ['### Time budget of one forward', '', '| side | part | ms per forward |',
-             '|---|---|---|', f'| ours | wall time (median, no profiler) | {ours_wall:.1f} |',
-             f'| ours | oneDNN primitives executing ({primitives} a forward, its verbose timer) '
+    rest = wall - exec_ms - package_ms - other_ms
+    lines = ['### Time budget of the profiled forwards', '', '| side | part | ms per forward |',
+             '|---|---|---|',
+             f'| ours | wall time (profiler and oneDNN\'s log on) | {wall:.1f} |',
+             f'| ours | oneDNN primitives executing ({primitives} a forward, its own timer) '
              f'| {exec_ms:.1f} |',
              f'| ours | the package\'s kernels (replk_mm::, self CPU time) | {package_ms:.1f} |',
              f'| ours | other operators (self CPU time, outside mkldnn and replk_mm) '
              f'| {other_ms:.1f} |',
-             f'| ours | the rest: set-up of each oneDNN call, Python, allocation | {rest:.1f} |']
+             f'| ours | the rest: set-up of each oneDNN call, Python, allocation, profiling '
+             f'| {rest:.1f} |']
     if openvino is not None:
         wall, layers = openvino
-        lines += [f'| OpenVINO | wall time (median, PERF_COUNT on) | {wall:.1f} |',
+        lines += [f'| OpenVINO | wall time (PERF_COUNT on) | {wall:.1f} |',
                   f'| OpenVINO | its layers (PERF_COUNT) | {layers:.1f} |',
                   f'| OpenVINO | the rest | {wall - layers:.1f} |']
     return lines + ['']
@@ -162,7 +160,7 @@ def profile_openvino(path: str, x: torch.Tensor, threads: int,
                      repeats: int) -> Tuple[Rows, ByShape, float]:
     """OpenVINO's layers by type and kernel, its convs by shape (from the executed graph:
     ``Convolution`` / ``GroupConvolution`` nodes, depth-wise where the kernel says ``_dw``) and
-    the median wall time of one inference."""
+    the wall time of those inferences, per inference."""
     compiled = compile_openvino(path, x.shape, threads, profile=True)
     request = compiled.create_infer_request()
     for _ in range(2):
@@ -171,9 +169,11 @@ def profile_openvino(path: str, x: torch.Tensor, threads: int,
     calls: Dict[str, int] = collections.Counter()
     node_ms: Dict[str, float] = collections.defaultdict(float)
     x_np = x.numpy()
-    wall = wall_ms(lambda: request.infer([x_np]), repeats)
+    wall = 0.0
     for _ in range(repeats):
+        start = time.perf_counter()
         request.infer([x_np])
+        wall += (time.perf_counter() - start) * 1e3 / repeats
         for layer in request.profiling_info:
             if layer.status == layer.Status.EXECUTED:
                 key = f'{layer.node_type} ({layer.exec_type})'
@@ -244,14 +244,11 @@ def main() -> None:
         path = os.path.join(folder, 'model.onnx')
         export_onnx(model, path, tuple(x.shape), kind=kind)  # (optimizes the model in place)
         module = InferenceModule(optimize_for_inference(model), kind)
-        ours_rows = profile_ours(module, x, args.repeats)
+        ours_rows, ours_budget = profile_ours(module, x, args.repeats)
         lines += table('replk_mm (torch.profiler, self CPU time)', ours_rows)
         alone_ms, calls, ours_by_shape = convs_alone(module, x)
         lines += [f'The {calls} fused convs of one forward, each timed alone on its input '
                   f'(median of 7 calls): {alone_ms:.1f} ms in all.', '']
-        with torch.no_grad():
-            ours_wall = wall_ms(lambda: module(x), args.repeats)
-        onednn = onednn_exec(module, x, args.repeats)
         openvino_budget = None
         if openvino_runtime() is None:
             lines += ['OpenVINO not installed (pip install -e .[deploy]): no second table.', '']
@@ -261,7 +258,7 @@ def main() -> None:
             lines += table('OpenVINO (PERF_COUNT, by layer type and kernel)', rows)
             lines += shape_table(ours_by_shape, openvino_by_shape)
             openvino_budget = (openvino_wall, sum(r[1] for r in rows))
-        lines += budget_table(ours_wall, onednn, ours_rows, openvino_budget)
+        lines += budget_table(ours_budget, ours_rows, openvino_budget)
     text = '\n'.join(lines) + '\n'
     print(text)
     os.makedirs(args.out, exist_ok=True)
