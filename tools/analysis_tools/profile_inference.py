@@ -11,9 +11,9 @@ by layer type and kernel over as many inferences of the file ``replk_mm.deploy.o
 (f32, latency hint, the same threads). Both after two warm-up forwards. Below our table, the
 fused convs of one forward timed one by one outside the model (each on the input it had in the
 forward, median of 7 calls): what they cost without the rest of the model around them, to set
-beside OpenVINO's convs. Last, both sides' convs by shape (dense or depth-wise, channels in ->
+beside OpenVINO's convs. Then both sides' convs by shape (dense or depth-wise, channels in ->
 out, output size): ours each timed alone as above (the depth-wise ones too), OpenVINO's from
-the same ``PERF_COUNT`` runs. Then the time budget of those profiled runs on each side: their
+the same ``PERF_COUNT`` runs. Last, the time budget of those profiled runs on each side: their
 wall time and the part of it that the kernels take (ours: oneDNN's primitives by its own timer,
 from its verbose log, i.e. without PyTorch's set-up of each call; the package's kernels and the
 other operators by the profiler; OpenVINO: its layers); the rest lies between and around the
@@ -163,12 +163,12 @@ def profile_openvino(path: str, x: torch.Tensor, threads: int,
     the wall time of those inferences, per inference."""
     compiled = compile_openvino(path, x.shape, threads, profile=True)
     request = compiled.create_infer_request()
+    x_np = x.numpy()
     for _ in range(2):
-        request.infer([x.numpy()])
+        request.infer([x_np])
     ms: Dict[str, float] = collections.defaultdict(float)
     calls: Dict[str, int] = collections.Counter()
     node_ms: Dict[str, float] = collections.defaultdict(float)
-    x_np = x.numpy()
     wall = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
