@@ -106,19 +106,23 @@ def test_dist_train_two_cpu_processes(data_root, tmp_path):
     # Data loading in the main processes: with the demo's persistent loader workers, about one
     # run in ten (under load) aborts at interpreter exit after finishing, "terminate called
     # without an active exception" (docs/faq.md); without workers 20 of 20 runs passed, and a
-    # later CI run saw the abort once (the cause is open).
+    # later CI run saw the abort once (the cause is open). PYTHONFAULTHANDLER: an abort prints
+    # where each thread of the aborting rank was, to find that cause.
     no_workers = [f'{split}_dataloader.{key}' for split in ('train', 'val')
                   for key in ('num_workers=0', 'persistent_workers=False')]
     work = str(tmp_path / 'dist')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=PYTHON, PORT=str(free_port()))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=PYTHON, PORT=str(free_port()),
+               PYTHONFAULTHANDLER='1')
     proc = subprocess.run(
         ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), SEG_DEMO, '2', '--work-dir', work,
          '--cfg-options', *seg_options(data_root, 2, 2), *no_workers],
         env=env, capture_output=True, text=True, timeout=300)
+    finished = osp.isfile(osp.join(work, 'iter_2.pth'))
+    assert proc.returncode == 0, (f'training finished: {finished}\nstdout: {proc.stdout[-1500:]}'
+                                  f'\nstderr: {proc.stderr[-6000:]}')
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-3000:]
     assert 'Distributed training: True' in log and 'GPU number: 2' in log  # world size 2
-    assert osp.isfile(osp.join(work, 'iter_2.pth'))
+    assert finished
 
 
 def test_slurm_scripts_hand_srun_the_tool_and_its_arguments(tmp_path):
@@ -151,7 +155,7 @@ def test_dist_train_two_nodes_on_one_machine(data_root, tmp_path):
     procs = []
     for node in (0, 1):
         env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=PYTHON, PORT=port, NNODES='2',
-                   NODE_RANK=str(node), MASTER_ADDR='127.0.0.1')
+                   NODE_RANK=str(node), MASTER_ADDR='127.0.0.1', PYTHONFAULTHANDLER='1')
         procs.append(subprocess.Popen(
             ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), SEG_DEMO, '1', '--work-dir', work,
              '--cfg-options', *seg_options(data_root, 2, 1)],
