@@ -44,7 +44,8 @@ def run_tool(main: Callable[[], None]) -> None:
     A distributed run's process group is destroyed on the way out, while the interpreter is still
     whole (a gloo group left to interpreter shutdown can abort a finished process), and after a
     successful run only once every rank has arrived, so no rank tears it down while a peer is
-    still saving. One exit abort remains with persistent data-loader workers (docs/faq.md).
+    still saving. A rare exit abort remains: a gloo worker thread racing interpreter shutdown
+    (docs/faq.md).
     """
     try:
         main()

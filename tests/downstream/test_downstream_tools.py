@@ -106,8 +106,8 @@ def test_dist_train_two_cpu_processes(data_root, tmp_path):
     # Data loading in the main processes: with the demo's persistent loader workers, about one
     # run in ten (under load) aborts at interpreter exit after finishing, "terminate called
     # without an active exception" (docs/faq.md); without workers 20 of 20 runs passed, and a
-    # later CI run saw the abort once (the cause is open). PYTHONFAULTHANDLER: an abort prints
-    # where each thread of the aborting rank was, to find that cause.
+    # later CI run saw the abort once: a race at interpreter exit in gloo's worker thread
+    # (docs/faq.md). PYTHONFAULTHANDLER: an abort prints where each thread of the rank was.
     no_workers = [f'{split}_dataloader.{key}' for split in ('train', 'val')
                   for key in ('num_workers=0', 'persistent_workers=False')]
     work = str(tmp_path / 'dist')
