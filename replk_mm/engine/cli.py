@@ -4,6 +4,7 @@ one-line error naming the fix, and the guard that prints it.
 
 Set ``REPLK_MM_TRACEBACK=1`` to get the full traceback instead of the one line.
 """
+import gc
 import logging
 import os
 import os.path as osp
@@ -44,8 +45,9 @@ def run_tool(main: Callable[[], None]) -> None:
     A distributed run's process group is destroyed on the way out, while the interpreter is still
     whole (a gloo group left to interpreter shutdown can abort a finished process), and after a
     successful run only once every rank has arrived, so no rank tears it down while a peer is
-    still saving. A rare exit abort remains: a gloo worker thread racing interpreter shutdown
-    (docs/faq.md).
+    still saving. The run's objects (the DDP wrapper in the runner) hold the group in reference
+    cycles, so they are collected right after it is destroyed: that joins gloo's worker threads
+    before interpreter shutdown, where a late one aborts the process (docs/faq.md).
     """
     try:
         main()
@@ -59,6 +61,7 @@ def run_tool(main: Callable[[], None]) -> None:
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+            gc.collect()
 
 
 def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str],

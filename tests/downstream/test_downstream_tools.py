@@ -1,6 +1,7 @@
 """tools/train.py, tools/test.py and tools/dist_train.sh on the demo data: a short training run
 evaluated by test.py, a two-process (gloo) run, and the one-line errors for the usual mistakes.
 Kills, resumes and damaged checkpoints: test_crash_safety.py."""
+import gc
 import os
 import os.path as osp
 import runpy
@@ -17,6 +18,19 @@ SEG_DEMO = osp.join(ROOT, 'configs', 'demo', 'upernet_replknet-demo_ade20k-demo.
 DET_DEMO = osp.join(ROOT, 'configs', 'demo', 'fcos_replknet-demo_coco-demo.py')
 sys.path.insert(0, osp.join(ROOT, 'tools', 'misc'))
 from make_demo_data import make_demo_data  # noqa: E402
+
+
+# a sitecustomize module: the last atexit handler of each process reports its threads then
+THREADS_AT_EXIT = '''import atexit, os
+
+
+def report():  # one write: the ranks share stderr
+    count = len(os.listdir('/proc/self/task'))
+    os.write(2, f"rank {os.environ.get('RANK', '-')} threads at exit: {count}\\n".encode())
+
+
+atexit.register(report)
+'''
 
 
 def dw_impl() -> str:
@@ -108,11 +122,17 @@ def test_dist_train_two_cpu_processes(data_root, tmp_path):
     # without an active exception" (docs/faq.md); without workers 20 of 20 runs passed, and a
     # later CI run saw the abort once: a race at interpreter exit in gloo's worker thread
     # (docs/faq.md). PYTHONFAULTHANDLER: an abort prints where each thread of the rank was.
+    # The cure is checked directly: each rank reaches interpreter shutdown with no thread but
+    # its main one (a sitecustomize module counts them in the last atexit handler).
+    (tmp_path / 'site').mkdir()
+    (tmp_path / 'site' / 'sitecustomize.py').write_text(THREADS_AT_EXIT)
+    pythonpath = os.pathsep.join(filter(None, [str(tmp_path / 'site'),
+                                               os.environ.get('PYTHONPATH')]))
     no_workers = [f'{split}_dataloader.{key}' for split in ('train', 'val')
                   for key in ('num_workers=0', 'persistent_workers=False')]
     work = str(tmp_path / 'dist')
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=PYTHON, PORT=str(free_port()),
-               PYTHONFAULTHANDLER='1')
+               PYTHONFAULTHANDLER='1', PYTHONPATH=pythonpath)
     proc = subprocess.run(
         ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), SEG_DEMO, '2', '--work-dir', work,
          '--cfg-options', *seg_options(data_root, 2, 2), *no_workers],
@@ -123,6 +143,8 @@ def test_dist_train_two_cpu_processes(data_root, tmp_path):
     log = proc.stdout + proc.stderr
     assert 'Distributed training: True' in log and 'GPU number: 2' in log  # world size 2
     assert finished
+    for rank in (0, 1):
+        assert f'rank {rank} threads at exit: 1\n' in proc.stderr, proc.stderr[-3000:]
 
 
 def test_slurm_scripts_hand_srun_the_tool_and_its_arguments(tmp_path):
@@ -219,6 +241,7 @@ def test_run_tool_destroys_the_process_group(monkeypatch, fails):
     monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: True)
     monkeypatch.setattr(torch.distributed, 'barrier', lambda: calls.append('barrier'))
     monkeypatch.setattr(torch.distributed, 'destroy_process_group', lambda: calls.append('destroy'))
+    monkeypatch.setattr(gc, 'collect', lambda: calls.append('collect'))
 
     def main():
         if fails:
@@ -229,8 +252,9 @@ def test_run_tool_destroys_the_process_group(monkeypatch, fails):
             run_tool(main)
     else:
         run_tool(main)
-    # every rank waits for the others after a successful run; a failed one does not wait
-    assert calls == (['destroy'] if fails else ['barrier', 'destroy'])
+    # every rank waits for the others after a successful run; a failed one does not wait; the
+    # group's last holders are collected after it is destroyed
+    assert calls == (['destroy', 'collect'] if fails else ['barrier', 'destroy', 'collect'])
 
 
 def test_one_process_runner_gives_reverted_syncbn_the_package_batch_norm(tmp_path):
