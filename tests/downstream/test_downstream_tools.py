@@ -117,25 +117,24 @@ def free_port() -> int:
 
 
 def test_dist_train_two_cpu_processes(data_root, tmp_path):
-    # Data loading in the main processes: with the demo's persistent loader workers, about one
-    # run in ten (under load) aborts at interpreter exit after finishing, "terminate called
-    # without an active exception" (docs/faq.md); without workers 20 of 20 runs passed, and a
-    # later CI run saw the abort once: a race at interpreter exit in gloo's worker thread
-    # (docs/faq.md). PYTHONFAULTHANDLER: an abort prints where each thread of the rank was.
-    # The cure is checked directly: each rank reaches interpreter shutdown with no thread but
-    # its main one (a sitecustomize module counts them in the last atexit handler).
+    # With persistent loader workers, as the full configs load data (the demo's own loads in the
+    # main process). Before run_tool collected the run's reference cycles, gloo's worker threads
+    # outlived destroy_process_group() and about one such run in ten under load aborted at
+    # interpreter exit (docs/faq.md). The cure is checked directly: each rank reaches interpreter
+    # shutdown with no thread but its main one (a sitecustomize module counts them in the last
+    # atexit handler). PYTHONFAULTHANDLER: an abort prints where each thread of the rank was.
     (tmp_path / 'site').mkdir()
     (tmp_path / 'site' / 'sitecustomize.py').write_text(THREADS_AT_EXIT)
     pythonpath = os.pathsep.join(filter(None, [str(tmp_path / 'site'),
                                                os.environ.get('PYTHONPATH')]))
-    no_workers = [f'{split}_dataloader.{key}' for split in ('train', 'val')
-                  for key in ('num_workers=0', 'persistent_workers=False')]
+    workers = [f'{split}_dataloader.{key}' for split in ('train', 'val')
+               for key in ('num_workers=2', 'persistent_workers=True')]
     work = str(tmp_path / 'dist')
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=PYTHON, PORT=str(free_port()),
                PYTHONFAULTHANDLER='1', PYTHONPATH=pythonpath)
     proc = subprocess.run(
         ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), SEG_DEMO, '2', '--work-dir', work,
-         '--cfg-options', *seg_options(data_root, 2, 2), *no_workers],
+         '--cfg-options', *seg_options(data_root, 2, 2), *workers],
         env=env, capture_output=True, text=True, timeout=300)
     finished = osp.isfile(osp.join(work, 'iter_2.pth'))
     assert proc.returncode == 0, (f'training finished: {finished}\nstdout: {proc.stdout[-1500:]}'
